@@ -1,0 +1,1 @@
+"""Ray Serve deployments (FrameEncoder, Planner, Refiner, decoder, HTTP ingress) over `model.engine`."""

@@ -1,0 +1,1 @@
+"""Command-line entry points and the offline jobs (Ray Data / Ray Train) they launch."""

@@ -1,0 +1,190 @@
+"""`videorobin`: the command line. generate | demo | info.
+
+Bad input ends with one line on stderr (`videorobin: error: ...`) and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+from pydantic import ValidationError
+
+from model.media import MediaError
+
+log = logging.getLogger("videorobin")
+
+USER_ERRORS = (MediaError, ValueError, FileNotFoundError, ValidationError)
+AUDIO_FORMATS = {".wav": "wav", ".flac": "flac"}
+
+
+class CLIError(Exception):
+    """A problem with the command line the user can fix."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage + error; we want one line
+        raise CLIError(message)
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        return f"invalid config: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _device(name: str | None) -> str:
+    if name:
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load(args):
+    from model.build import build_bundle
+    from model.checkpoint import load_bundle
+    from model.config import load_config
+
+    if args.checkpoint:
+        return load_bundle(args.checkpoint)
+    cfg = load_config(args.preset, args.set)
+    log.warning("no --checkpoint: using randomly initialised %s weights, so the output is not music", args.preset)
+    return build_bundle(cfg, seed=0)
+
+
+def _progress_bar(total_label: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    from tqdm import tqdm
+
+    bar = tqdm(desc=total_label, unit="patch", disable=not sys.stderr.isatty())
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _generate(args) -> dict:
+    from model.engine import Engine, GenerationParams
+    from model.media import mux, write_audio
+
+    fmt = AUDIO_FORMATS.get(os.path.splitext(args.out)[1].lower())
+    if fmt is None:
+        raise CLIError(f"--out {args.out}: must end in .wav or .flac")
+    if args.mux and not args.mux.lower().endswith(".mp4"):
+        raise CLIError(f"--mux {args.mux}: must end in .mp4")
+    params = GenerationParams(seed=args.seed, duration_s=args.duration, steps=args.steps, guidance=args.cfg)
+    if not os.path.isfile(args.video):
+        raise CLIError(f"--video {args.video}: no such file")
+    bundle = _load(args)
+    engine = Engine(bundle, device=_device(args.device), max_batch=1, max_duration_s=args.max_duration)
+    request = engine.make_request(video=args.video, prompt=args.prompt, params=params)
+    started = time.perf_counter()
+    update, close = _progress_bar("generating")
+    try:
+        (result,) = engine.generate([request], progress=update)
+    finally:
+        close()
+    elapsed = time.perf_counter() - started
+    write_audio(args.out, result.audio, result.sample_rate, fmt)
+    if args.mux:
+        mux(args.video, result.audio, result.sample_rate, args.mux)
+    return {"audio": args.out, "mp4": args.mux, "duration_s": round(result.duration_s, 3),
+            "patches": request.n_patches, "seconds": round(elapsed, 2), "rtf": round(elapsed / result.duration_s, 3)}
+
+
+def _demo(args) -> dict:
+    from model.media import write_sample_video
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    video = os.path.join(args.out_dir, "sample.mp4")
+    write_sample_video(video, duration_s=args.duration, cut_every_s=1.0)
+    args.video, args.out = video, os.path.join(args.out_dir, "sample.wav")
+    args.mux = os.path.join(args.out_dir, "sample_with_music.mp4")
+    args.duration = None
+    return {"video": video, **_generate(args)}
+
+
+def _info(args) -> dict:
+    from model.build import parameter_counts
+    from model.config import load_config
+    from model.videorobin import VideoRobin
+    from model.vae import OobleckVAE
+
+    cfg = load_config(args.preset, args.set)
+    with torch.device("meta"):  # count without allocating (the paper preset is ~1 B parameters)
+        counts = parameter_counts(VideoRobin(cfg), OobleckVAE(cfg.vae))
+    width = max(map(len, counts))
+    for name, n in counts.items():
+        print(f"{name:<{width}}  {n:>13,}  ({n / 1e6:.1f} M)")
+    print(f"{'latent':<{width}}  {cfg.latent_dim} channels at {cfg.latent_rate:g} Hz, patch {cfg.patch_size}"
+          f" ({cfg.patch_size / cfg.latent_rate * 1000:.0f} ms), {cfg.patches_for(10.0)} patches per 10 s")
+    return {}
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="checkpoint directory (local path or fsspec URI)")
+    p.add_argument("--preset", default="tiny", help="preset or config file when no --checkpoint (tiny, paper)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20, help="Euler steps per patch (>= 1)")
+    p.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (>= 0)")
+    p.add_argument("--max-duration", type=float, default=120.0, help="longest clip accepted, seconds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="videorobin", description="Music for video: Video-Robin generation and jobs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    gen = sub.add_parser("generate", help="write a soundtrack for a video")
+    gen.add_argument("--video", required=True, help="input video file")
+    gen.add_argument("--prompt", help="creator intent; default: the static video-only prompt")
+    gen.add_argument("--out", required=True, help="output audio (.wav or .flac, 48 kHz stereo)")
+    gen.add_argument("--mux", help="also write this .mp4: the video with the music as its audio")
+    gen.add_argument("--duration", type=float, help="seconds of music (default: the video's duration)")
+    _model_args(gen)
+    gen.set_defaults(run=_generate)
+
+    demo = sub.add_parser("demo", help="make a sample video, then write its soundtrack and a muxed mp4")
+    demo.add_argument("--out-dir", default="demo_output")
+    demo.add_argument("--duration", type=float, default=8.0, help="length of the sample video, seconds")
+    demo.add_argument("--prompt", default="lo-fi piano, 90 BPM, A minor, builds at the end")
+    _model_args(demo)
+    demo.set_defaults(run=_demo)
+
+    info = sub.add_parser("info", help="parameter counts per component")
+    info.add_argument("--preset", default="paper")
+    info.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    info.set_defaults(run=_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("videorobin", "model", "jobs"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    try:
+        args = build_parser().parse_args(argv)
+        summary = args.run(args)
+    except (CLIError, *USER_ERRORS) as err:
+        log.debug("command failed", exc_info=True)
+        print(f"videorobin: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("videorobin: interrupted", file=sys.stderr)
+        return 130
+    for key, value in summary.items():
+        if value is not None:
+            print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The Video-Robin checkpoint format: a directory at a local path or any fsspec URI.
+
+    config.json         the resolved VideoRobinConfig (its `version` is the format version)
+    model.safetensors   every VideoRobin tensor, frozen CLIP included, so the package is self-contained
+    vae.safetensors     the audio VAE (weight norm folded), in our key layout
+    latent_stats.json   {"mean": [D floats], "std": [D floats]}: the latent standardisation
+    tokenizer/          the prompt tokenizer's files, when a transformers tokenizer is used
+
+Each file is written under a temporary name and moved into place; `config.json` goes last, so a
+directory without it is an unfinished save and does not load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+
+import fsspec
+import torch
+
+from model.build import Bundle
+from model.config import VideoRobinConfig
+from model.io import read_bytes, read_safetensors, uri_exists, uri_join, write_bytes_atomic, write_safetensors
+from model.text import HFTokenizer, load_tokenizer
+from model.vae import OobleckVAE
+from model.videorobin import VideoRobin
+
+TOKENIZER_DIR = "tokenizer"
+
+
+def _is_relative(path: str) -> bool:
+    return "://" not in path and not os.path.isabs(path)
+
+
+def save_bundle(bundle: Bundle, uri: str) -> None:
+    """Write `bundle` as a checkpoint directory at `uri`."""
+    cfg = bundle.config
+    # Weights now live in this directory, so the saved config no longer points at the original sources.
+    vision = cfg.vision.model_copy(update={"clip_checkpoint": None}) if cfg.vision is not None else None
+    text = cfg.text
+    if isinstance(bundle.tokenizer, HFTokenizer):
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle.tokenizer.inner.save_pretrained(tmp)
+            for name in sorted(os.listdir(tmp)):
+                with open(os.path.join(tmp, name), "rb") as f:
+                    write_bytes_atomic(uri_join(uri_join(uri, TOKENIZER_DIR), name), f.read())
+        text = text.model_copy(update={"tokenizer": TOKENIZER_DIR})
+    saved = cfg.model_copy(update={"vision": vision, "text": text, "vae": cfg.vae.model_copy(update={"checkpoint": None})})
+    write_safetensors(uri_join(uri, "model.safetensors"), bundle.model.state_dict())
+    write_safetensors(uri_join(uri, "vae.safetensors"), bundle.vae.state_dict())
+    stats = {"mean": bundle.model.latent_mean.tolist(), "std": bundle.model.latent_std.tolist()}
+    write_bytes_atomic(uri_join(uri, "latent_stats.json"), json.dumps(stats).encode())
+    write_bytes_atomic(uri_join(uri, "config.json"), saved.to_json().encode())
+
+
+def load_bundle(uri: str, device: torch.device | str = "cpu") -> Bundle:
+    """Load a checkpoint directory written by `save_bundle` (strictly: every tensor must match)."""
+    config_uri = uri_join(uri, "config.json")
+    if not uri_exists(config_uri):
+        raise FileNotFoundError(f"{uri}: not a Video-Robin checkpoint (no config.json)")
+    cfg = VideoRobinConfig.from_json(read_bytes(config_uri).decode())
+    model = VideoRobin(cfg)
+    model.load_state_dict(read_safetensors(uri_join(uri, "model.safetensors")), strict=True)
+    stats = json.loads(read_bytes(uri_join(uri, "latent_stats.json")))
+    set_latent_stats(model, torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
+    vae = OobleckVAE(cfg.vae)
+    vae.load_state_dict(read_safetensors(uri_join(uri, "vae.safetensors")), strict=True)
+    text = cfg.text
+    if text.tokenizer is not None and _is_relative(text.tokenizer):
+        text = text.model_copy(update={"tokenizer": uri_join(uri, text.tokenizer)})
+    tokenizer = load_tokenizer(text, cfg.semantic_lm.vocab_size)
+    return Bundle(cfg, model, vae, tokenizer).to(device)
+
+
+def set_latent_stats(model: VideoRobin, mean: torch.Tensor, std: torch.Tensor) -> None:
+    D = model.cfg.latent_dim
+    if mean.shape != (D,) or std.shape != (D,):
+        raise ValueError(f"latent stats must have shape ({D},)")
+    if bool((std <= 0).any()):
+        raise ValueError("latent std must be positive")
+    model.latent_mean.copy_(mean)
+    model.latent_std.copy_(std)
+
+
+def checkpoint_id(uri: str) -> str:
+    """A short content hash of a checkpoint's weights, for provenance in job outputs."""
+    digest = hashlib.sha256()
+    with fsspec.open(uri_join(uri, "model.safetensors"), "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]

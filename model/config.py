@@ -1,0 +1,251 @@
+"""Typed, validated configuration for every component, round-tripping through config.json.
+
+One path from text to objects: YAML preset (or a config.json) -> `--set a.b=c` overrides ->
+pydantic validation -> `model.build`. Unknown keys are errors (`extra="forbid"`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CONFIG_VERSION = 1
+PRESETS = ("paper", "tiny")
+STATIC_PROMPT = "Generate aligned music for the video."  # the paper's prompt for video-only use (§5.1)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TransformerConfig(_Strict):
+    """One transformer stack (RMSNorm, RoPE, GQA, SwiGLU); causality is chosen by the role, not here."""
+
+    hidden: int = Field(gt=0)
+    layers: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    kv_heads: int = Field(gt=0)
+    ffn: int = Field(gt=0)
+    rope_theta: float = Field(default=10000.0, gt=0)
+    norm_eps: float = Field(default=1e-5, gt=0)
+    qkv_bias: bool = False  # Qwen2-style checkpoints carry q/k/v biases
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TransformerConfig:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden {self.hidden} is not divisible by heads {self.heads}")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"heads {self.heads} is not divisible by kv_heads {self.kv_heads}")
+        if (self.hidden // self.heads) % 2:
+            raise ValueError("head dim must be even for RoPE")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+class SemanticLMConfig(TransformerConfig):
+    vocab_size: int = Field(gt=258)  # at least the byte-level fallback tokenizer's ids
+
+
+class FSQConfig(_Strict):
+    dim: int = Field(default=256, gt=0)
+    scale: int = Field(default=9, gt=0)  # round(tanh(x) * scale): 2 * scale + 1 = 19 levels per dim
+
+    @property
+    def levels(self) -> int:
+        return 2 * self.scale + 1
+
+
+class ClipTowerConfig(_Strict):
+    """An open_clip vision tower given by its sizes (used by the tiny preset instead of a named model)."""
+
+    embed_dim: int = Field(gt=0)
+    image_size: int = Field(gt=0)
+    layers: int = Field(gt=0)
+    width: int = Field(gt=0)
+    patch_size: int = Field(gt=0)
+    head_width: int = Field(gt=0)
+
+
+class VisionConfig(_Strict):
+    clip_model: str = "ViT-B-32"  # an open_clip model name; ignored when `tower` is given
+    tower: ClipTowerConfig | None = None
+    clip_checkpoint: str | None = None  # local path or fsspec URI; random init when absent
+    feature_dim: int = Field(default=512, gt=0)  # CLIP embedding width fed to the projection
+    fps: float = Field(default=5.0, gt=0)
+    max_frames: int = Field(default=600, gt=0)
+
+    @model_validator(mode="after")
+    def _tower_width(self) -> VisionConfig:
+        if self.tower is not None and self.tower.embed_dim != self.feature_dim:
+            raise ValueError(f"vision.feature_dim {self.feature_dim} != tower.embed_dim {self.tower.embed_dim}")
+        return self
+
+
+class TextConfig(_Strict):
+    tokenizer: str | None = None  # local dir / fsspec URI of a transformers tokenizer; None = byte-level
+    max_tokens: int = Field(default=256, gt=0)
+
+
+class OobleckEncoderConfig(_Strict):
+    in_channels: int = 2
+    channels: int = 128
+    latent_dim: int = 128  # mean and scale halves of the VAE bottleneck
+    c_mults: list[int] = [1, 2, 4, 8, 16]
+    strides: list[int] = [2, 4, 4, 6, 10]
+    use_snake: bool = True
+    antialias_activation: bool = False
+
+    @model_validator(mode="after")
+    def _supported(self) -> OobleckEncoderConfig:
+        if self.antialias_activation:
+            raise ValueError("antialias_activation=True is not supported (no released Oobleck VAE uses it)")
+        if len(self.c_mults) != len(self.strides):
+            raise ValueError("c_mults and strides must have the same length")
+        return self
+
+
+class OobleckDecoderConfig(_Strict):
+    out_channels: int = 2
+    channels: int = 128
+    latent_dim: int = 64
+    c_mults: list[int] = [1, 2, 4, 8, 16]
+    strides: list[int] = [2, 4, 4, 6, 10]
+    use_snake: bool = True
+    antialias_activation: bool = False
+    use_nearest_upsample: bool = False
+    final_tanh: bool = False
+
+    @model_validator(mode="after")
+    def _supported(self) -> OobleckDecoderConfig:
+        if self.antialias_activation or self.use_nearest_upsample:
+            raise ValueError("antialias_activation / use_nearest_upsample are not supported")
+        if len(self.c_mults) != len(self.strides):
+            raise ValueError("c_mults and strides must have the same length")
+        return self
+
+
+class VAEConfig(_Strict):
+    """An Oobleck autoencoder (stable-audio-tools family). Defaults: SongBloom's 48 kHz, hop-1920 VAE."""
+
+    sample_rate: int = 48000
+    encoder: OobleckEncoderConfig = OobleckEncoderConfig()
+    decoder: OobleckDecoderConfig = OobleckDecoderConfig()
+    checkpoint: str | None = None  # .ckpt/.safetensors in the stable-audio-tools layout
+    chunk_latents: int = Field(default=128, gt=0)  # decode window; the overlap comes from the receptive field
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VAEConfig:
+        if self.encoder.latent_dim != 2 * self.decoder.latent_dim:
+            raise ValueError("encoder.latent_dim must be twice decoder.latent_dim (mean and scale halves)")
+        if self.encoder.strides != self.decoder.strides:
+            raise ValueError("encoder and decoder strides differ")
+        if self.encoder.in_channels != self.decoder.out_channels:
+            raise ValueError("encoder.in_channels != decoder.out_channels")
+        return self
+
+    @property
+    def hop(self) -> int:
+        return math.prod(self.encoder.strides)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.decoder.latent_dim
+
+    @property
+    def audio_channels(self) -> int:
+        return self.decoder.out_channels
+
+
+class FlowConfig(_Strict):
+    steps: int = Field(default=20, ge=1)  # Euler steps at inference (paper §5.2)
+    guidance: float = Field(default=2.0, ge=0)
+    t_mean: float = -0.4  # training t = sigmoid(N(t_mean, t_std)) ("log-normal")
+    t_std: float = Field(default=1.0, gt=0)
+    cfg_dropout: float = Field(default=0.1, ge=0, le=1)  # p of zeroing mu in training; prefix never dropped
+
+
+class VideoRobinConfig(_Strict):
+    version: int = CONFIG_VERSION
+    patch_size: int = Field(default=4, gt=0)  # latent frames per AR step; 8 and 16 are the paper's ablations
+    latent_dim: int = Field(default=64, gt=0)
+    semantic_lm: SemanticLMConfig
+    fsq: FSQConfig | None = FSQConfig()  # None with rite=None: the "w/o FSQ + RITE" ablation
+    rite: TransformerConfig | None = None  # None: the "w/o RITE" ablation
+    locenc: TransformerConfig
+    locdit: TransformerConfig
+    vision: VisionConfig | None = VisionConfig()  # None: stage 1 (text-to-music)
+    text: TextConfig = TextConfig()
+    vae: VAEConfig = VAEConfig()
+    flow: FlowConfig = FlowConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VideoRobinConfig:
+        if self.version != CONFIG_VERSION:
+            raise ValueError(f"config version {self.version} is not supported (expected {CONFIG_VERSION})")
+        if self.vae.latent_dim != self.latent_dim:
+            raise ValueError(f"vae latent_dim {self.vae.latent_dim} != model latent_dim {self.latent_dim}")
+        if self.rite is not None and self.fsq is None:
+            raise ValueError("RITE models the residual of FSQ: rite requires fsq")
+        if self.rite is not None and self.rite.hidden != self.semantic_lm.hidden:
+            raise ValueError("rite.hidden must equal semantic_lm.hidden (RITE reads the SemanticLM stream)")
+        return self
+
+    @property
+    def latent_rate(self) -> float:
+        """Latent frames per second (25 for the 48 kHz hop-1920 VAE)."""
+        return self.vae.sample_rate / self.vae.hop
+
+    def patches_for(self, duration_s: float) -> int:
+        """ceil(duration x latent rate / P): the clip's number of AR steps."""
+        frames = math.ceil(round(duration_s * self.latent_rate, 6))
+        return max(1, math.ceil(frames / self.patch_size))
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> VideoRobinConfig:
+        return cls.model_validate_json(text)
+
+
+def _apply_override(tree: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ValueError(f"override {assignment!r} is not of the form a.b=value")
+    dotted, raw = assignment.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"override {assignment!r}: {key} is not a section")
+        node = child
+    node[keys[-1]] = yaml.safe_load(raw)
+
+
+def load_config(source: str = "tiny", overrides: list[str] | None = None) -> VideoRobinConfig:
+    """Build a validated config from a preset name or a YAML/JSON file, then `a.b=value` overrides.
+
+    Example: ``load_config("paper", ["rite=null", "patch_size=8"])`` is the paper's "w/o RITE, P=8".
+    """
+    if source in PRESETS:
+        tree = yaml.safe_load(resources.files("model.presets").joinpath(f"{source}.yaml").read_text())
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"unknown preset or config file {source!r} (presets: {', '.join(PRESETS)})")
+        text = path.read_text()
+        tree = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    for assignment in overrides or []:
+        _apply_override(tree, assignment)
+    return VideoRobinConfig.model_validate(tree)

@@ -1,0 +1,178 @@
+"""The engine: requests in, patches and waveforms out. `step`, `stream` and `generate` share one loop.
+
+Per step, for every running row at once: one LocDiT trajectory (cond and uncond halves in one batched
+call), then one LocEnc + SemanticLM + RITE step from the KV cache for rows that continue. New requests
+join between steps (prefill) and finished ones leave, so a finished row costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from model.build import Bundle
+from model.config import STATIC_PROMPT
+from model.engine.request import GenerationParams, GenerationRequest
+from model.engine.runner import Runner, patch_noise
+from model.engine.scheduler import Scheduler
+from model.media import probe_video, sample_frames
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (patches done, patches total)
+
+
+@dataclass
+class PatchOutput:
+    request_id: str
+    index: int  # 0-based patch number within the request
+    patch: torch.Tensor  # (P, D) standardised latent frames, on the CPU
+    finished: bool
+
+
+@dataclass
+class GenerationResult:
+    request_id: str
+    latents: torch.Tensor  # (D, L) VAE latents (destandardised), L = n_patches * P
+    audio: np.ndarray  # (C, S) float32 at the VAE's sample rate, trimmed to the duration
+    sample_rate: int
+    duration_s: float
+
+
+class Engine:
+    def __init__(self, bundle: Bundle, device: torch.device | str = "cpu", max_batch: int = 8,
+                 max_duration_s: float = 60.0) -> None:
+        self.bundle = bundle.to(device)
+        self.cfg = bundle.config
+        self.device = torch.device(device)
+        self.max_duration_s = max_duration_s
+        vision_frames = self.cfg.vision.max_frames if self.cfg.vision is not None else 0
+        max_len = self.cfg.text.max_tokens + vision_frames + 1 + self.cfg.patches_for(max_duration_s)
+        self.scheduler = Scheduler(max_batch)
+        self.runner = Runner(bundle.model.eval(), max_batch, max_len, self.device)
+
+    # ---- preparing requests -------------------------------------------------------------------------
+
+    def tokenize(self, prompt: str | None) -> torch.Tensor:
+        text = (prompt or "").strip() or STATIC_PROMPT
+        ids = self.bundle.tokenizer.encode(text)
+        if len(ids) > self.cfg.text.max_tokens:
+            raise ValueError(f"prompt has {len(ids)} tokens; the limit is {self.cfg.text.max_tokens}")
+        return torch.tensor(ids, dtype=torch.long)
+
+    @torch.no_grad()
+    def encode_video(self, path: str, duration_s: float) -> torch.Tensor:
+        """CLIP features (F, feature_dim) of the frames sampled at the config's fps over `duration_s`."""
+        vision, clip = self.cfg.vision, self.bundle.model.clip
+        frames = sample_frames(path, vision.fps, clip.image_size, duration_s, vision.max_frames)
+        return clip(frames).cpu()
+
+    def make_request(
+        self,
+        video: str | None = None,
+        prompt: str | None = None,
+        params: GenerationParams = GenerationParams(),
+        frames: torch.Tensor | None = None,
+        video_duration_s: float | None = None,
+        request_id: str | None = None,
+    ) -> GenerationRequest:
+        """Prepare a request from a video file (or precomputed frame features) and an optional prompt.
+
+        The duration is `params.duration_s`, else the video's. Raises `MediaError`/`ValueError` on bad input.
+        """
+        if video is not None:
+            video_duration_s = probe_video(video).duration_s
+        duration = params.duration_s or video_duration_s
+        if duration is None:
+            raise ValueError("a duration is needed when no video is given")
+        if duration > self.max_duration_s:
+            raise ValueError(f"duration {duration:.2f} s exceeds this engine's limit of {self.max_duration_s:.0f} s")
+        if self.cfg.vision is not None and video is not None and frames is None:
+            frames = self.encode_video(video, duration)
+        if frames is not None and self.cfg.vision is None:
+            raise ValueError("this checkpoint has no vision (stage 1): it cannot take video frames")
+        return GenerationRequest(
+            request_id=request_id or uuid.uuid4().hex,
+            text_ids=self.tokenize(prompt),
+            frames=frames,
+            duration_s=duration,
+            n_patches=self.cfg.patches_for(duration),
+            params=params,
+        )
+
+    # ---- the loop -----------------------------------------------------------------------------------
+
+    def add(self, request: GenerationRequest) -> None:
+        self.scheduler.add(request)
+
+    def abort(self, request_id: str) -> None:
+        row = self.scheduler.abort(request_id)
+        if row is not None:
+            self.runner.free([row])
+
+    def step(self) -> list[PatchOutput]:
+        """Admit waiting requests, then refine one patch for every running row and plan the next."""
+        admitted = self.scheduler.admit()
+        if admitted:
+            self.runner.plan_first([row for row, _ in admitted], [req for _, req in admitted])
+        rows = self.scheduler.active_rows()
+        if not rows:
+            return []
+        states = [self.scheduler.running[row] for row in rows]
+        P, D = self.cfg.patch_size, self.cfg.latent_dim
+        noise = torch.stack([patch_noise(s.request.params.seed, s.produced, (P, D)) for s in states])
+        steps = torch.tensor([s.request.params.steps for s in states], device=self.device)
+        guidance = torch.tensor([s.request.params.guidance for s in states], device=self.device)
+        patches = self.runner.refine(rows, noise.to(self.device), steps, guidance)
+        outputs, continuing, finished = [], [], []
+        for row, patch in zip(rows, patches, strict=True):
+            state = self.scheduler.record(row)
+            outputs.append(PatchOutput(state.request.request_id, state.produced - 1, patch.cpu(), state.finished))
+            (finished if state.finished else continuing).append(row)
+        if continuing:
+            self.runner.plan_next(continuing, patches[[rows.index(r) for r in continuing]])
+        for row in finished:
+            self.scheduler.release(row)
+        if finished:
+            self.runner.free(finished)
+        return outputs
+
+    def stream(self, requests: list[GenerationRequest], progress: Progress | None = None) -> Iterator[PatchOutput]:
+        """Yield patches as they are produced, for all `requests` advancing together."""
+        for request in requests:
+            self.add(request)
+        total, done = sum(r.n_patches for r in requests), 0
+        while self.scheduler.has_work():
+            for output in self.step():
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+                yield output
+
+    def generate_latents(self, requests: list[GenerationRequest], progress: Progress | None = None) -> dict[str, torch.Tensor]:
+        """Whole clips: request id -> (N * P, D) standardised latent frames."""
+        patches: dict[str, list[torch.Tensor]] = {r.request_id: [] for r in requests}
+        for output in self.stream(requests, progress):
+            patches[output.request_id].append(output.patch)
+        return {rid: torch.cat(p) for rid, p in patches.items()}
+
+    def decode(self, frames: torch.Tensor, duration_s: float) -> tuple[torch.Tensor, np.ndarray]:
+        """(L, D) standardised frames -> (D, L) latents and (C, S) audio trimmed to `duration_s`."""
+        latents = self.bundle.model.destandardize(frames[None].to(self.device))  # (1, D, L)
+        audio = self.bundle.vae.decode(latents)[0]
+        samples = round(duration_s * self.bundle.vae.sample_rate)
+        return latents[0].cpu(), audio[:, :samples].float().cpu().numpy()
+
+    def generate(self, requests: list[GenerationRequest], progress: Progress | None = None) -> list[GenerationResult]:
+        """Generate and decode whole clips; results in the order of `requests`."""
+        latents = self.generate_latents(requests, progress)
+        results = []
+        for r in requests:
+            lat, audio = self.decode(latents[r.request_id], r.duration_s)
+            results.append(GenerationResult(r.request_id, lat, audio, self.bundle.vae.sample_rate, r.duration_s))
+        return results

@@ -1,0 +1,70 @@
+"""Tensors of the patch loop: batched prefill, the AR planning step, and the LocDiT refinement.
+
+`plan_*` and `refine_patches` are the step-level API: a serving Planner holds a `Runner` (KV caches, the
+pending plan and previous patch of each row) and a stateless Refiner needs only `refine_patches`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from model.cache import Rows
+from model.engine.request import GenerationRequest
+from model.flow import euler_sample
+from model.videorobin import Conditions, VideoRobin
+
+_NOISE_MIX = 1_000_003  # odd multiplier spreading (seed, patch index) pairs over generator seeds
+
+
+def patch_noise(seed: int, index: int, shape: tuple[int, int]) -> torch.Tensor:
+    """The initial noise of patch `index` of a request: a function of (seed, index) only, drawn on the CPU,
+    so results do not depend on batch composition, process or device."""
+    g = torch.Generator().manual_seed((seed * _NOISE_MIX + index) % (2**63))
+    return torch.randn(shape, generator=g)
+
+
+def refine_patches(
+    model: VideoRobin, mu: torch.Tensor, prev: torch.Tensor, noise: torch.Tensor, steps, guidance
+) -> torch.Tensor:
+    """One LocDiT trajectory per row: (B, Hd) plans, (B, P, D) previous patches and noise -> (B, P, D) patches."""
+    return euler_sample(model.locdit, mu, prev, noise, steps, guidance)
+
+
+class Runner:
+    """Per-row generation state on the device for up to `capacity` concurrent requests."""
+
+    def __init__(self, model: VideoRobin, capacity: int, max_len: int, device: torch.device | str) -> None:
+        cfg = model.cfg
+        self.model, self.device, self.max_len = model, torch.device(device), max_len
+        self.caches = model.new_caches(capacity, max_len, self.device)
+        self.mu = torch.zeros(capacity, cfg.locdit.hidden, device=self.device)  # each row's pending plan
+        self.prev = torch.zeros(capacity, cfg.patch_size, cfg.latent_dim, device=self.device)
+
+    @torch.no_grad()
+    def plan_first(self, rows: list[int], requests: list[GenerationRequest]) -> None:
+        """Prefill new rows' prefixes and plan their first patch."""
+        for r in requests:
+            if r.prefix_len + r.n_patches > self.max_len:
+                raise ValueError(f"request {r.request_id}: {r.prefix_len + r.n_patches} positions exceed {self.max_len}")
+        idx = Rows.of(rows, self.device)
+        cond = Conditions([r.text_ids for r in requests], [r.frames for r in requests])
+        self.mu[idx.index] = self.model.prefill(cond, self.caches, idx)
+        self.prev[idx.index] = 0.0
+
+    @torch.no_grad()
+    def refine(self, rows: list[int], noise: torch.Tensor, steps: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        idx = Rows.of(rows, self.device)
+        return refine_patches(self.model, idx.take(self.mu), idx.take(self.prev), noise, steps, guidance)
+
+    @torch.no_grad()
+    def plan_next(self, rows: list[int], patches: torch.Tensor) -> None:
+        """Feed the rows' new patches (B, P, D) back through LocEnc, SemanticLM and RITE."""
+        idx = Rows.of(rows, self.device)
+        self.mu[idx.index] = self.model.plan_step(patches, self.caches, idx)
+        self.prev[idx.index] = patches
+
+    def free(self, rows: list[int]) -> None:
+        idx = Rows.of(rows, self.device)
+        self.caches.semantic_lm.free(idx)
+        if self.caches.rite is not None:
+            self.caches.rite.free(idx)

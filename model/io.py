@@ -1,0 +1,87 @@
+"""Reading and writing files at local paths or fsspec URIs (s3://, gs://, memory://, ...).
+
+Writes go to a temporary name beside the target and are renamed into place, so a crash never leaves a
+half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import fsspec
+import torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+
+def _is_local(fs) -> bool:
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols
+
+
+def uri_join(base: str, name: str) -> str:
+    return f"{base.rstrip('/')}/{name}"
+
+
+def uri_exists(uri: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs.exists(path)
+
+
+def open_uri(uri: str, mode: str = "rb"):
+    return fsspec.open(uri, mode).open()
+
+
+def read_bytes(uri: str) -> bytes:
+    with open_uri(uri, "rb") as f:
+        return f.read()
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write `data` to a temporary sibling, then move it onto `uri`."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    parent = os.path.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{parent}/.{os.path.basename(path)}.{uuid.uuid4().hex}.tmp" if parent else f".{path}.tmp"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)
+
+
+def read_safetensors(uri: str) -> dict[str, torch.Tensor]:
+    return load_safetensors_bytes(read_bytes(uri))
+
+
+def write_safetensors(uri: str, tensors: dict[str, torch.Tensor]) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    write_bytes_atomic(uri, save_safetensors_bytes(tensors))
+
+
+@contextmanager
+def local_copy(uri: str, suffix: str = ""):
+    """A local path holding `uri`'s bytes, for libraries that only take file names (open_clip, PyAV)."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if _is_local(fs):
+        yield str(Path(path))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "data" + suffix)
+        fs.get(path, local)
+        yield local
+
+
+@contextmanager
+def local_dir_copy(uri: str):
+    """A local directory holding the tree at `uri` (for transformers' `from_pretrained`)."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if _is_local(fs):
+        yield str(Path(path))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        fs.get(path.rstrip("/") + "/", tmp, recursive=True)
+        yield tmp

@@ -1,0 +1,202 @@
+"""Video and audio files: probe, sample frames, write WAV/FLAC, mux music into a video (PyAV, soundfile).
+
+Every failure on user input is a `MediaError` whose message is one line a person can act on. Outputs are
+written under a temporary name and moved into place.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import uuid
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+import soundfile as sf
+
+from model.io import local_copy, write_bytes_atomic
+
+
+class MediaError(ValueError):
+    """A video or audio input that cannot be used, with a one-line reason."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    duration_s: float
+    width: int
+    height: int
+    fps: float
+
+
+def _open(path: str):
+    if not os.path.exists(path):
+        raise MediaError(f"{path}: no such file")
+    if os.path.getsize(path) == 0:
+        raise MediaError(f"{path}: file is empty")
+    try:
+        return av.open(path)
+    except av.error.FFmpegError as err:
+        raise MediaError(f"{path}: not a readable video ({err.strerror or type(err).__name__})") from None
+
+
+def _video_stream(container, path: str):
+    if not container.streams.video:
+        raise MediaError(f"{path}: has no video stream")
+    return container.streams.video[0]
+
+
+def probe_video(path: str) -> VideoInfo:
+    """Duration and geometry of the first video stream; decodes frames only if the header has no duration."""
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+        duration = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        if not duration or duration <= 0:
+            duration = _decoded_duration(container, stream, path, fps)
+        if duration <= 0:
+            raise MediaError(f"{path}: video has zero length")
+        return VideoInfo(duration_s=duration, width=stream.codec_context.width, height=stream.codec_context.height, fps=fps)
+
+
+def _decoded_duration(container, stream, path: str, fps: float) -> float:
+    last, count = None, 0
+    try:
+        for frame in container.decode(stream):
+            last, count = frame.time, count + 1
+    except av.error.FFmpegError as err:
+        raise MediaError(f"{path}: video cannot be decoded ({err.strerror or type(err).__name__})") from None
+    if count == 0:
+        raise MediaError(f"{path}: video has no frames")
+    return (last or 0.0) + 1.0 / fps
+
+
+def sample_frames(path: str, fps: float, size: int, duration_s: float, max_frames: int) -> np.ndarray:
+    """The frames on screen at t = k / fps for k < ceil(duration x fps), CLIP-style resized and centre-cropped.
+
+    Frames are decoded in order and only the sampled ones are converted, so memory holds one clip's
+    samples, never the whole video.
+
+    Returns:
+        (F, size, size, 3) uint8 RGB.
+    """
+    count = min(max_frames, max(1, math.ceil(round(duration_s * fps, 6))))
+    targets = [k / fps for k in range(count)]
+    picked: list[np.ndarray] = []
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        previous = None
+        try:
+            for frame in container.decode(stream):
+                t = (frame.time or 0.0) - start
+                while len(picked) < count and t > targets[len(picked)] + 1e-6 and previous is not None:
+                    picked.append(_crop(previous, size))
+                previous = frame
+                if len(picked) == count:
+                    break
+        except av.error.FFmpegError as err:
+            raise MediaError(f"{path}: video cannot be decoded ({err.strerror or type(err).__name__})") from None
+    if previous is None:
+        raise MediaError(f"{path}: video has no frames")
+    while len(picked) < count:  # the last frame stays on screen until the end
+        picked.append(_crop(previous, size))
+    return np.stack(picked)
+
+
+def _crop(frame, size: int) -> np.ndarray:
+    scale = size / min(frame.width, frame.height)
+    w, h = max(size, round(frame.width * scale)), max(size, round(frame.height * scale))
+    rgb = frame.to_ndarray(format="rgb24", width=w, height=h, interpolation="BICUBIC")
+    top, left = (h - size) // 2, (w - size) // 2
+    return rgb[top : top + size, left : left + size]
+
+
+def encode_audio(audio: np.ndarray, sample_rate: int, fmt: str = "wav") -> bytes:
+    """(C, S) float audio in [-1, 1] -> WAV (16-bit PCM) or FLAC bytes."""
+    if fmt not in ("wav", "flac"):
+        raise MediaError(f"unsupported audio format {fmt!r} (wav or flac)")
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(audio, -1, 1).T, sample_rate, format=fmt.upper(), subtype="PCM_16")
+    return buf.getvalue()
+
+
+def write_audio(uri: str, audio: np.ndarray, sample_rate: int, fmt: str = "wav") -> None:
+    write_bytes_atomic(uri, encode_audio(audio, sample_rate, fmt))
+
+
+def mux(video_path: str, audio: np.ndarray, sample_rate: int, out_path: str) -> None:
+    """Write `out_path`: the video's picture stream copied as is, plus `audio` encoded as AAC."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(out_path)), f".{os.path.basename(out_path)}.{uuid.uuid4().hex}")
+    try:
+        with _open(video_path) as src, av.open(tmp, "w", format="mp4") as dst:
+            vin = _video_stream(src, video_path)
+            vout = dst.add_stream_from_template(vin)
+            aout = dst.add_stream("aac", rate=sample_rate, layout="stereo" if audio.shape[0] == 2 else "mono")
+            for packet in src.demux(vin):
+                if packet.dts is None:
+                    continue
+                packet.stream = vout
+                dst.mux(packet)
+            pcm = np.ascontiguousarray(np.clip(audio, -1, 1).astype(np.float32))
+            frame = av.AudioFrame.from_ndarray(pcm, format="fltp", layout=aout.layout.name)
+            frame.sample_rate = sample_rate
+            frame.pts, frame.time_base = 0, Fraction(1, sample_rate)
+            for packet in aout.encode(frame):
+                dst.mux(packet)
+            for packet in aout.encode(None):
+                dst.mux(packet)
+        os.replace(tmp, out_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_audio(uri: str, sample_rate: int, channels: int = 2) -> np.ndarray:
+    """Decode any audio file PyAV reads, resampled to `sample_rate`, mono duplicated to stereo. (C, S) float32."""
+    with local_copy(uri) as path:
+        with _open(path) as container:
+            if not container.streams.audio:
+                raise MediaError(f"{uri}: has no audio stream")
+            layout = "stereo" if channels == 2 else "mono"
+            resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
+            chunks = []
+            for frame in container.decode(container.streams.audio[0]):
+                chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
+            chunks.extend(f.to_ndarray() for f in resampler.resample(None))
+    if not chunks:
+        raise MediaError(f"{uri}: audio stream has no samples")
+    return np.concatenate(chunks, axis=1).astype(np.float32)
+
+
+def write_sample_video(path: str, duration_s: float, fps: int = 25, size: int = 96, cut_every_s: float = 1.0) -> None:
+    """A synthetic H.264 video: a square moving across a background whose colour changes at each cut.
+
+    Used by `videorobin demo` and by the tests; the cuts give the video a visual pace.
+    """
+    rng = np.random.default_rng(int(duration_s * 1000) + size)
+    palette = rng.integers(0, 256, size=(64, 3), dtype=np.uint8)
+    frames = max(1, round(duration_s * fps))
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{uuid.uuid4().hex}.mp4")
+    with av.open(tmp, "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(frames):
+            t = i / fps
+            img = np.empty((size, size, 3), dtype=np.uint8)
+            img[:] = palette[int(t / cut_every_s) % len(palette)]
+            x = int((t % cut_every_s) / cut_every_s * (size - size // 4))
+            img[size // 3 : size // 3 + size // 4, x : x + size // 4] = 255 - img[0, 0]
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    os.replace(tmp, path)

@@ -1,0 +1,221 @@
+"""The Oobleck audio autoencoder (stable-audio-tools family): SongBloom's and Stable Audio Open's VAEs.
+
+The module tree mirrors the stable-audio-tools layout (`encoder.layers.*`, `decoder.layers.*`, with the
+same Sequential indices) so their checkpoints load by key. Those checkpoints are weight-normed
+(`weight_g`/`weight_v`); the VAE is frozen everywhere in this project, so the loader folds each pair into
+a plain weight once instead of renormalising on every call.
+
+The decoder is not causal (symmetric padding), so long latents are decoded in windows that carry the
+decoder's receptive field as context on both sides; the result equals a one-shot decode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+from torch import nn
+
+from model.config import OobleckDecoderConfig, OobleckEncoderConfig, VAEConfig
+from model.io import open_uri, read_bytes, read_safetensors
+
+RESIDUAL_DILATIONS = (1, 3, 9)
+
+
+class SnakeBeta(nn.Module):
+    """x + 1/beta * sin^2(alpha x), with log-scale per-channel alpha and beta."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.zeros(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha.exp()[None, :, None]
+        beta = self.beta.exp()[None, :, None]
+        return x + (1.0 / (beta + 1e-9)) * torch.sin(x * alpha).pow(2)
+
+
+def _activation(use_snake: bool, channels: int) -> nn.Module:
+    return SnakeBeta(channels) if use_snake else nn.ELU()
+
+
+class ResidualUnit(nn.Module):
+    def __init__(self, channels: int, dilation: int, use_snake: bool) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            _activation(use_snake, channels),
+            nn.Conv1d(channels, channels, kernel_size=7, dilation=dilation, padding=3 * dilation),
+            _activation(use_snake, channels),
+            nn.Conv1d(channels, channels, kernel_size=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.layers(x)
+
+
+def _encoder_block(c_in: int, c_out: int, stride: int, use_snake: bool) -> nn.Sequential:
+    return nn.Sequential(
+        *(ResidualUnit(c_in, d, use_snake) for d in RESIDUAL_DILATIONS),
+        _activation(use_snake, c_in),
+        nn.Conv1d(c_in, c_out, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)),
+    )
+
+
+def _decoder_block(c_in: int, c_out: int, stride: int, use_snake: bool) -> nn.Sequential:
+    return nn.Sequential(
+        _activation(use_snake, c_in),
+        nn.ConvTranspose1d(c_in, c_out, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)),
+        *(ResidualUnit(c_out, d, use_snake) for d in RESIDUAL_DILATIONS),
+    )
+
+
+class _Blocks(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class OobleckEncoder(_Blocks):
+    def __init__(self, cfg: OobleckEncoderConfig) -> None:
+        super().__init__()
+        widths = [cfg.channels] + [m * cfg.channels for m in cfg.c_mults]
+        layers = [nn.Conv1d(cfg.in_channels, widths[0], kernel_size=7, padding=3)]
+        layers += [_encoder_block(widths[i], widths[i + 1], s, cfg.use_snake) for i, s in enumerate(cfg.strides)]
+        layers += [_activation(cfg.use_snake, widths[-1]), nn.Conv1d(widths[-1], cfg.latent_dim, 3, padding=1)]
+        self.layers = nn.Sequential(*layers)
+
+
+class OobleckDecoder(_Blocks):
+    def __init__(self, cfg: OobleckDecoderConfig) -> None:
+        super().__init__()
+        widths = [cfg.channels] + [m * cfg.channels for m in cfg.c_mults]
+        layers = [nn.Conv1d(cfg.latent_dim, widths[-1], kernel_size=7, padding=3)]
+        for i in range(len(cfg.strides), 0, -1):
+            layers.append(_decoder_block(widths[i], widths[i - 1], cfg.strides[i - 1], cfg.use_snake))
+        layers += [
+            _activation(cfg.use_snake, widths[0]),
+            nn.Conv1d(widths[0], cfg.out_channels, kernel_size=7, padding=3, bias=False),
+            nn.Tanh() if cfg.final_tanh else nn.Identity(),
+        ]
+        self.layers = nn.Sequential(*layers)
+
+
+def decoder_context(cfg: OobleckDecoderConfig) -> int:
+    """How many latents on each side can influence an output sample (the decoder's receptive radius).
+
+    Each layer's radius in its own sample rate is divided by that rate's samples per latent.
+    """
+    radius, rate = 3.0, 1  # the input conv, kernel 7
+    for stride in reversed(cfg.strides):
+        radius += 2 / rate  # transposed conv, kernel 2s: an output sees two inputs
+        rate *= stride
+        radius += sum(3 * d for d in RESIDUAL_DILATIONS) / rate
+    radius += 3 / rate  # the output conv
+    return math.ceil(radius) + 1
+
+
+class OobleckVAE(nn.Module):
+    """Frozen audio VAE. encode: (B, C, S) audio -> (B, D, L) posterior mean; decode: the inverse."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        if any(s % 2 for s in cfg.encoder.strides):
+            raise ValueError("odd strides would make decoded lengths differ from latents x hop")
+        self.cfg = cfg
+        self.encoder = OobleckEncoder(cfg.encoder)
+        self.decoder = OobleckDecoder(cfg.decoder)
+        self.hop, self.sample_rate = cfg.hop, cfg.sample_rate
+        self.context = decoder_context(cfg.decoder)
+        self.requires_grad_(False)
+        self.eval()
+
+    @torch.no_grad()
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, C, S) -> (B, D, ceil(S / hop)). Returns the posterior mean (the bottleneck's first half)."""
+        pad = -audio.shape[-1] % self.hop
+        audio = nn.functional.pad(audio, (0, pad))
+        mean, _scale = self.encoder(audio).chunk(2, dim=1)
+        return mean
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """(B, D, L) -> (B, C, L * hop), in windows of `chunk` latents plus `context` on each side."""
+        chunk = chunk or self.cfg.chunk_latents
+        L = latents.shape[-1]
+        if L <= chunk:
+            return self.decoder(latents)
+        pieces = []
+        for start in range(0, L, chunk):
+            end = min(start + chunk, L)
+            lo, hi = max(0, start - self.context), min(L, end + self.context)
+            audio = self.decoder(latents[..., lo:hi])
+            pieces.append(audio[..., (start - lo) * self.hop : (end - lo) * self.hop])
+        return torch.cat(pieces, dim=-1)
+
+
+def _fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Replace each weight-norm pair (g, v) by the weight g * v / ||v|| (norm over all dims but 0)."""
+    out: dict[str, torch.Tensor] = {}
+    pairs = {"weight_g": "weight_v", "parametrizations.weight.original0": "parametrizations.weight.original1"}
+    for key, tensor in state.items():
+        for g_name, v_name in pairs.items():
+            if key.endswith(v_name):
+                break
+            if key.endswith(g_name):
+                base = key[: -len(g_name)]
+                v = state[base + v_name].float()
+                norm = v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1)))
+                out[base + "weight"] = tensor.float() * v / norm
+                break
+        else:
+            out[key] = tensor
+    return out
+
+
+def read_stable_audio_state_dict(uri: str) -> dict[str, torch.Tensor]:
+    """The autoencoder tensors of a stable-audio-tools checkpoint (.ckpt/.pt or .safetensors).
+
+    Accepts a bare autoencoder state dict or a training checkpoint ({"state_dict": ...} whose autoencoder
+    keys start with "autoencoder."); discriminator/EMA tensors of a training checkpoint are left out.
+    """
+    if uri.endswith(".safetensors"):
+        state = read_safetensors(uri)
+    else:
+        import io
+
+        state = torch.load(io.BytesIO(read_bytes(uri)), map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+    if any(k.startswith("autoencoder.") for k in state):
+        state = {k.removeprefix("autoencoder."): v for k, v in state.items() if k.startswith("autoencoder.")}
+    state = {k: v for k, v in state.items() if k.startswith(("encoder.", "decoder."))}
+    return _fold_weight_norm(state)
+
+
+def vae_config_from_stable_audio(model_config: dict, checkpoint: str | None = None) -> VAEConfig:
+    """Our VAEConfig from a stable-audio-tools `model_config.json` of an Oobleck autoencoder with a VAE bottleneck."""
+    model = model_config["model"]
+    for part in ("encoder", "decoder"):
+        if model[part]["type"] != "oobleck":
+            raise ValueError(f"{part} type {model[part]['type']!r} is not supported (oobleck only)")
+    if model.get("bottleneck", {}).get("type") != "vae":
+        raise ValueError("only the 'vae' bottleneck is supported")
+    return VAEConfig(
+        sample_rate=model_config["sample_rate"],
+        encoder=OobleckEncoderConfig(**model["encoder"]["config"]),
+        decoder=OobleckDecoderConfig(**model["decoder"]["config"]),
+        checkpoint=checkpoint,
+    )
+
+
+def load_vae(cfg: VAEConfig) -> OobleckVAE:
+    """Build the VAE and, when the config names one, load its stable-audio-tools checkpoint strictly."""
+    vae = OobleckVAE(cfg)
+    if cfg.checkpoint is not None:
+        vae.load_state_dict(read_stable_audio_state_dict(cfg.checkpoint), strict=True)
+    return vae
+
+
+def load_vae_from_stable_audio(config_uri: str, checkpoint_uri: str) -> OobleckVAE:
+    with open_uri(config_uri, "rt") as f:
+        return load_vae(vae_config_from_stable_audio(json.load(f), checkpoint_uri))

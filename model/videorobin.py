@@ -1,0 +1,178 @@
+"""Video-Robin: the AR-Head (SemanticLM + FSQ + RITE) planning latent patches that LocDiT refines.
+
+Sequence seen by the SemanticLM for one clip (concatenated, not interleaved; DESIGN.md §1):
+
+    [text tokens][video frame tokens][audio-start][patch_1 ... patch_{N-1}]
+
+The output at audio-start plans patch 1, the output at patch i plans patch i+1 (the shift by one patch).
+At those "audio" positions FSQ quantises the SemanticLM output into q; RITE reads q plus the position's
+continuous input embedding and yields r; LocDiT is conditioned on mu = W1 q + W2 r. Text and frame
+positions pass through unquantised so RITE sees the whole context.
+
+Two paths compute the same plans: `plan_sequence` over whole sequences (training, and the naive
+reference generator) and `prefill` + `plan_step` over a KV cache (the engine).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from model.backbone import Transformer
+from model.cache import KVCache, Rows
+from model.config import VideoRobinConfig
+from model.flow import flow_loss
+from model.fsq import FSQ
+from model.locdit import LocDiT
+from model.locenc import LocEnc
+from model.vision import ClipEncoder
+
+
+def _at(t: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """t[b, pos[b, k]] for (B, T, H) t and (B, K) positions -> (B, K, H)."""
+    return t.gather(1, pos[..., None].expand(-1, -1, t.shape[-1]))
+
+
+@dataclass
+class Conditions:
+    """The conditioning of a batch of clips, ragged per row."""
+
+    text_ids: list[torch.Tensor]  # each (Lt,) long
+    frames: list[torch.Tensor | None]  # each (F, feature_dim) CLIP features, or None
+
+    def __len__(self) -> int:
+        return len(self.text_ids)
+
+
+@dataclass
+class PlanCaches:
+    """The engine-owned KV caches of the two causal stacks."""
+
+    semantic_lm: KVCache
+    rite: KVCache | None
+
+
+class VideoRobin(nn.Module):
+    def __init__(self, cfg: VideoRobinConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        H, Hd, D = cfg.semantic_lm.hidden, cfg.locdit.hidden, cfg.latent_dim
+        self.embed = nn.Embedding(cfg.semantic_lm.vocab_size, H)
+        self.semantic_lm = Transformer(cfg.semantic_lm, causal=True)
+        self.audio_start = nn.Parameter(torch.randn(H) * 0.02)
+        self.clip = ClipEncoder(cfg.vision) if cfg.vision is not None else None
+        self.vision_proj = nn.Linear(cfg.vision.feature_dim, H) if cfg.vision is not None else None
+        self.fsq = FSQ(H, cfg.fsq) if cfg.fsq is not None else None
+        self.rite = Transformer(cfg.rite, causal=True) if cfg.rite is not None else None
+        self.locenc = LocEnc(cfg.locenc, D, out_dim=H)
+        self.plan_proj = nn.Linear(H, Hd)  # W1
+        self.residual_proj = nn.Linear(H, Hd) if cfg.rite is not None else None  # W2
+        self.locdit = LocDiT(cfg.locdit, D)
+        # Latent standardisation, measured on the training set; stored with the checkpoint (latent_stats.json).
+        self.register_buffer("latent_mean", torch.zeros(D), persistent=False)
+        self.register_buffer("latent_std", torch.ones(D), persistent=False)
+
+    # ---- conditioning -------------------------------------------------------------------------------
+
+    def prefix(self, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embed [text][frames][audio-start] per row, right-padded.
+
+        Returns:
+            (B, Tp, H) embeddings and (B,) prefix lengths (audio-start is each row's last position).
+        """
+        rows = []
+        for ids, frames in zip(cond.text_ids, cond.frames, strict=True):
+            parts = [self.embed(ids.to(self.audio_start.device))]
+            if frames is not None:
+                if self.vision_proj is None:
+                    raise ValueError("frame features were given but this model has no vision (stage 1)")
+                parts.append(self.vision_proj(frames.to(self.audio_start)))
+            parts.append(self.audio_start[None])
+            rows.append(torch.cat(parts))
+        lengths = torch.tensor([r.shape[0] for r in rows], device=self.audio_start.device)
+        return nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths
+
+    # ---- the AR-Head on whole sequences --------------------------------------------------------------
+
+    def _quantize(self, h: torch.Tensor, audio: torch.Tensor) -> torch.Tensor:
+        if self.fsq is None:
+            return h
+        return torch.where(audio[..., None], self.fsq(h), h)
+
+    def _mu(self, q: torch.Tensor, r: torch.Tensor | None) -> torch.Tensor:
+        mu = self.plan_proj(q)
+        return mu + self.residual_proj(r) if r is not None else mu
+
+    def plan_sequence(self, cond: Conditions, patches: torch.Tensor, n_patches: torch.Tensor) -> torch.Tensor:
+        """Planning embeddings for every patch of every clip, from whole sequences (teacher forcing).
+
+        Args:
+            patches: (B, N, P, D) standardised target latents, right-padded.
+            n_patches: (B,) real patches per clip.
+        Returns:
+            (B, N, Hd) mu for each patch; mu[:, i] depends only on the conditions and patches < i.
+        """
+        B, N = patches.shape[:2]
+        prefix, plen = self.prefix(cond)
+        lengths = plen + n_patches - 1
+        emb = self.locenc(patches[:, : N - 1]) if N > 1 else prefix.new_zeros(B, 0, prefix.shape[-1])  # (B,N-1,H)
+        x = prefix.new_zeros(B, int(lengths.max()), prefix.shape[-1])
+        x[:, : prefix.shape[1]] = prefix  # zero-padded past each row's prefix
+        slots = plen[:, None] + torch.arange(N - 1, device=x.device)  # (B, N-1) position of patch j+1
+        valid = torch.arange(N - 1, device=x.device) < (n_patches - 1)[:, None]
+        b_idx = torch.arange(B, device=x.device)[:, None].expand_as(slots)
+        x[b_idx[valid], slots[valid]] = emb[valid]
+        pos = torch.arange(x.shape[1], device=x.device)
+        audio = (pos >= (plen - 1)[:, None]) & (pos < lengths[:, None])  # (B, T) audio-start and patches
+        h = self.semantic_lm(x, lengths)
+        q = self._quantize(h, audio)
+        r = self.rite(q + x * audio[..., None], lengths) if self.rite is not None else None
+        plan_pos = (plen - 1)[:, None] + torch.arange(N, device=x.device)  # (B, N)
+        plan_pos = plan_pos.clamp(max=x.shape[1] - 1)  # padded patches read any slot; the loss masks them
+        return self._mu(_at(q, plan_pos), _at(r, plan_pos) if r is not None else None)
+
+    def forward(self, cond: Conditions, patches: torch.Tensor, n_patches: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training losses for a batch of clips (see `plan_sequence` for shapes)."""
+        mu = self.plan_sequence(cond, patches, n_patches)  # (B, N, Hd)
+        prev = torch.cat([torch.zeros_like(patches[:, :1]), patches[:, :-1]], dim=1)  # zeros before patch 1
+        valid = torch.arange(patches.shape[1], device=patches.device) < n_patches[:, None]  # (B, N)
+        weight = torch.ones(int(valid.sum()), device=patches.device)
+        loss = flow_loss(self.locdit, mu[valid], prev[valid], patches[valid], weight, self.cfg.flow)
+        return {"loss": loss, "flow": loss.detach()}
+
+    # ---- the AR-Head over a KV cache (generation) ---------------------------------------------------
+
+    def new_caches(self, capacity: int, max_len: int, device, dtype=torch.float32) -> PlanCaches:
+        rite = self.rite.new_cache(capacity, max_len, device, dtype) if self.rite is not None else None
+        return PlanCaches(self.semantic_lm.new_cache(capacity, max_len, device, dtype), rite)
+
+    def prefill(self, cond: Conditions, caches: PlanCaches, rows: Rows) -> torch.Tensor:
+        """Run the prefixes of new rows into their cache slots. Returns (B, Hd): mu of each row's first patch."""
+        x, plen = self.prefix(cond)
+        pos = torch.arange(x.shape[1], device=x.device)
+        audio = pos[None] == (plen - 1)[:, None]  # only audio-start is an audio position in a prefix
+        h = self.semantic_lm(x, plen, caches.semantic_lm, rows)
+        q = self._quantize(h, audio)
+        r = self.rite(q + x * audio[..., None], plen, caches.rite, rows) if self.rite is not None else None
+        last = (plen - 1)[:, None]  # audio-start
+        return self._mu(_at(q, last)[:, 0], _at(r, last)[:, 0] if r is not None else None)
+
+    def plan_step(self, patch: torch.Tensor, caches: PlanCaches, rows: Rows) -> torch.Tensor:
+        """Feed each row's newest patch (B, P, D) back and return (B, Hd): mu of its next patch."""
+        e = self.locenc(patch)  # (B, H)
+        h = self.semantic_lm.forward_step(e, caches.semantic_lm, rows)
+        q = self.fsq(h) if self.fsq is not None else h
+        r = self.rite.forward_step(q + e, caches.rite, rows) if self.rite is not None else None
+        return self._mu(q, r)
+
+    # ---- latents ------------------------------------------------------------------------------------
+
+    def standardize(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, D, L) VAE latents -> (B, L, D) standardised frames."""
+        return (latents.transpose(1, 2) - self.latent_mean) / self.latent_std
+
+    def destandardize(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) standardised frames -> (B, D, L) VAE latents."""
+        return (frames * self.latent_std + self.latent_mean).transpose(1, 2)
