@@ -95,8 +95,14 @@ def _generate(args) -> dict:
     write_audio(args.out, result.audio, result.sample_rate, fmt)
     if args.mux:
         mux(args.video, result.audio, result.sample_rate, args.mux)
-    return {"audio": args.out, "mp4": args.mux, "duration_s": round(result.duration_s, 3),
-            "patches": request.n_patches, "seconds": round(elapsed, 2), "rtf": round(elapsed / result.duration_s, 3)}
+    return {
+        "audio": args.out,
+        "mp4": args.mux,
+        "duration_s": round(result.duration_s, 3),
+        "patches": request.n_patches,
+        "seconds": round(elapsed, 2),
+        "rtf": round(elapsed / result.duration_s, 3),
+    }
 
 
 def _demo(args) -> dict:
@@ -114,8 +120,8 @@ def _demo(args) -> dict:
 def _info(args) -> dict:
     from model.build import parameter_counts
     from model.config import load_config
-    from model.videorobin import VideoRobin
     from model.vae import OobleckVAE
+    from model.videorobin import VideoRobin
 
     cfg = load_config(args.preset, args.set)
     with torch.device("meta"):  # count without allocating (the paper preset is ~1 B parameters)
@@ -123,8 +129,10 @@ def _info(args) -> dict:
     width = max(map(len, counts))
     for name, n in counts.items():
         print(f"{name:<{width}}  {n:>13,}  ({n / 1e6:.1f} M)")
-    print(f"{'latent':<{width}}  {cfg.latent_dim} channels at {cfg.latent_rate:g} Hz, patch {cfg.patch_size}"
-          f" ({cfg.patch_size / cfg.latent_rate * 1000:.0f} ms), {cfg.patches_for(10.0)} patches per 10 s")
+    print(
+        f"{'latent':<{width}}  {cfg.latent_dim} channels at {cfg.latent_rate:g} Hz, patch {cfg.patch_size}"
+        f" ({cfg.patch_size / cfg.latent_rate * 1000:.0f} ms), {cfg.patches_for(10.0)} patches per 10 s"
+    )
     return {}
 
 

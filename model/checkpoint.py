@@ -47,7 +47,9 @@ def save_bundle(bundle: Bundle, uri: str) -> None:
                 with open(os.path.join(tmp, name), "rb") as f:
                     write_bytes_atomic(uri_join(uri_join(uri, TOKENIZER_DIR), name), f.read())
         text = text.model_copy(update={"tokenizer": TOKENIZER_DIR})
-    saved = cfg.model_copy(update={"vision": vision, "text": text, "vae": cfg.vae.model_copy(update={"checkpoint": None})})
+    saved = cfg.model_copy(
+        update={"vision": vision, "text": text, "vae": cfg.vae.model_copy(update={"checkpoint": None})}
+    )
     write_safetensors(uri_join(uri, "model.safetensors"), bundle.model.state_dict())
     write_safetensors(uri_join(uri, "vae.safetensors"), bundle.vae.state_dict())
     stats = {"mean": bundle.model.latent_mean.tolist(), "std": bundle.model.latent_std.tolist()}

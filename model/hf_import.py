@@ -13,7 +13,7 @@ import re
 import torch
 
 from model.config import SemanticLMConfig
-from model.io import open_uri, read_safetensors, uri_join, uri_exists
+from model.io import open_uri, read_safetensors, uri_exists, uri_join
 
 SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
 

@@ -63,7 +63,9 @@ def probe_video(path: str) -> VideoInfo:
             duration = _decoded_duration(container, stream, path, fps)
         if duration <= 0:
             raise MediaError(f"{path}: video has zero length")
-        return VideoInfo(duration_s=duration, width=stream.codec_context.width, height=stream.codec_context.height, fps=fps)
+        return VideoInfo(
+            duration_s=duration, width=stream.codec_context.width, height=stream.codec_context.height, fps=fps
+        )
 
 
 def _decoded_duration(container, stream, path: str, fps: float) -> float:

@@ -15,8 +15,13 @@ from model.io import local_copy
 def _build_tower(cfg: VisionConfig) -> nn.Module:
     if cfg.tower is not None:
         t = cfg.tower
-        vision_cfg = {"image_size": t.image_size, "layers": t.layers, "width": t.width, "patch_size": t.patch_size,
-                      "head_width": t.head_width}
+        vision_cfg = {
+            "image_size": t.image_size,
+            "layers": t.layers,
+            "width": t.width,
+            "patch_size": t.patch_size,
+            "head_width": t.head_width,
+        }
         text_cfg = {"context_length": 2, "vocab_size": 2, "width": 8, "heads": 1, "layers": 1}  # unused, dropped
         return open_clip.CLIP(embed_dim=t.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg).visual
     if cfg.clip_checkpoint is None:
@@ -31,8 +36,9 @@ class ClipEncoder(nn.Module):
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
         self.visual = _build_tower(cfg)
-        self.image_size = int(self.visual.image_size[0] if isinstance(self.visual.image_size, tuple)
-                              else self.visual.image_size)
+        self.image_size = int(
+            self.visual.image_size[0] if isinstance(self.visual.image_size, tuple) else self.visual.image_size
+        )
         self.visual.requires_grad_(False)
         self.register_buffer("mean", torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1), persistent=False)

@@ -45,8 +45,9 @@ class GenerationResult:
 
 
 class Engine:
-    def __init__(self, bundle: Bundle, device: torch.device | str = "cpu", max_batch: int = 8,
-                 max_duration_s: float = 60.0) -> None:
+    def __init__(
+        self, bundle: Bundle, device: torch.device | str = "cpu", max_batch: int = 8, max_duration_s: float = 60.0
+    ) -> None:
         self.bundle = bundle.to(device)
         self.cfg = bundle.config
         self.device = torch.device(device)
@@ -154,7 +155,9 @@ class Engine:
                     progress(done, total)
                 yield output
 
-    def generate_latents(self, requests: list[GenerationRequest], progress: Progress | None = None) -> dict[str, torch.Tensor]:
+    def generate_latents(
+        self, requests: list[GenerationRequest], progress: Progress | None = None
+    ) -> dict[str, torch.Tensor]:
         """Whole clips: request id -> (N * P, D) standardised latent frames."""
         patches: dict[str, list[torch.Tensor]] = {r.request_id: [] for r in requests}
         for output in self.stream(requests, progress):

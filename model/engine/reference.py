@@ -15,8 +15,9 @@ from model.videorobin import Conditions, VideoRobin
 
 
 @torch.no_grad()
-def generate_by_recompute(model: VideoRobin, request: GenerationRequest, plan_only: bool = False,
-                          teacher: torch.Tensor | None = None) -> torch.Tensor:
+def generate_by_recompute(
+    model: VideoRobin, request: GenerationRequest, plan_only: bool = False, teacher: torch.Tensor | None = None
+) -> torch.Tensor:
     """(N * P, D) standardised frames for one request.
 
     With `plan_only`, the patches fed back are taken from `teacher` (N, P, D) and only the AR-Head runs:

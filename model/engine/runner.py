@@ -45,7 +45,9 @@ class Runner:
         """Prefill new rows' prefixes and plan their first patch."""
         for r in requests:
             if r.prefix_len + r.n_patches > self.max_len:
-                raise ValueError(f"request {r.request_id}: {r.prefix_len + r.n_patches} positions exceed {self.max_len}")
+                raise ValueError(
+                    f"request {r.request_id}: {r.prefix_len + r.n_patches} positions exceed {self.max_len}"
+                )
         idx = Rows.of(rows, self.device)
         cond = Conditions([r.text_ids for r in requests], [r.frames for r in requests])
         self.mu[idx.index] = self.model.prefill(cond, self.caches, idx)
