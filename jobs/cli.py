@@ -72,7 +72,7 @@ def _progress_bar(total_label: str) -> tuple[Callable[[int, int], None], Callabl
 
 def _generate(args) -> dict:
     from model.engine import Engine, GenerationParams
-    from model.media import mux, write_audio
+    from model.media import mux, probe_video, write_audio
 
     fmt = AUDIO_FORMATS.get(os.path.splitext(args.out)[1].lower())
     if fmt is None:
@@ -80,8 +80,7 @@ def _generate(args) -> dict:
     if args.mux and not args.mux.lower().endswith(".mp4"):
         raise CLIError(f"--mux {args.mux}: must end in .mp4")
     params = GenerationParams(seed=args.seed, duration_s=args.duration, steps=args.steps, guidance=args.cfg)
-    if not os.path.isfile(args.video):
-        raise CLIError(f"--video {args.video}: no such file")
+    probe_video(args.video)  # refuse a bad video before spending time on the model
     bundle = _load(args)
     engine = Engine(bundle, device=_device(args.device), max_batch=1, max_duration_s=args.max_duration)
     request = engine.make_request(video=args.video, prompt=args.prompt, params=params)

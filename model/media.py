@@ -43,10 +43,19 @@ def _open(path: str):
         raise MediaError(f"{path}: not a readable video ({err.strerror or type(err).__name__})") from None
 
 
+# ffmpeg renders text files as "video" (its tty demuxer); such input is a mistake, not a video.
+TEXT_AS_VIDEO_CODECS = {"ansi", "bintext", "xbin", "idf", "tty"}
+
+
 def _video_stream(container, path: str):
+    if not container.streams:
+        raise MediaError(f"{path}: contains no media (a zero-length video?)")
     if not container.streams.video:
         raise MediaError(f"{path}: has no video stream")
-    return container.streams.video[0]
+    stream = container.streams.video[0]
+    if stream.codec_context.name in TEXT_AS_VIDEO_CODECS:
+        raise MediaError(f"{path}: not a readable video (it is a text file)")
+    return stream
 
 
 def probe_video(path: str) -> VideoInfo:

@@ -55,25 +55,31 @@ class ResidualUnit(nn.Module):
         return x + self.layers(x)
 
 
-def _encoder_block(c_in: int, c_out: int, stride: int, use_snake: bool) -> nn.Sequential:
-    return nn.Sequential(
-        *(ResidualUnit(c_in, d, use_snake) for d in RESIDUAL_DILATIONS),
-        _activation(use_snake, c_in),
-        nn.Conv1d(c_in, c_out, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)),
-    )
-
-
-def _decoder_block(c_in: int, c_out: int, stride: int, use_snake: bool) -> nn.Sequential:
-    return nn.Sequential(
-        _activation(use_snake, c_in),
-        nn.ConvTranspose1d(c_in, c_out, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)),
-        *(ResidualUnit(c_out, d, use_snake) for d in RESIDUAL_DILATIONS),
-    )
-
-
 class _Blocks(nn.Module):
+    """A module whose work is its `layers` Sequential (the stable-audio-tools key layout)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+
+class EncoderBlock(_Blocks):
+    def __init__(self, c_in: int, c_out: int, stride: int, use_snake: bool) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            *(ResidualUnit(c_in, d, use_snake) for d in RESIDUAL_DILATIONS),
+            _activation(use_snake, c_in),
+            nn.Conv1d(c_in, c_out, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)),
+        )
+
+
+class DecoderBlock(_Blocks):
+    def __init__(self, c_in: int, c_out: int, stride: int, use_snake: bool) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            _activation(use_snake, c_in),
+            nn.ConvTranspose1d(c_in, c_out, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)),
+            *(ResidualUnit(c_out, d, use_snake) for d in RESIDUAL_DILATIONS),
+        )
 
 
 class OobleckEncoder(_Blocks):
@@ -81,7 +87,7 @@ class OobleckEncoder(_Blocks):
         super().__init__()
         widths = [cfg.channels] + [m * cfg.channels for m in cfg.c_mults]
         layers = [nn.Conv1d(cfg.in_channels, widths[0], kernel_size=7, padding=3)]
-        layers += [_encoder_block(widths[i], widths[i + 1], s, cfg.use_snake) for i, s in enumerate(cfg.strides)]
+        layers += [EncoderBlock(widths[i], widths[i + 1], s, cfg.use_snake) for i, s in enumerate(cfg.strides)]
         layers += [_activation(cfg.use_snake, widths[-1]), nn.Conv1d(widths[-1], cfg.latent_dim, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
@@ -92,7 +98,7 @@ class OobleckDecoder(_Blocks):
         widths = [cfg.channels] + [m * cfg.channels for m in cfg.c_mults]
         layers = [nn.Conv1d(cfg.latent_dim, widths[-1], kernel_size=7, padding=3)]
         for i in range(len(cfg.strides), 0, -1):
-            layers.append(_decoder_block(widths[i], widths[i - 1], cfg.strides[i - 1], cfg.use_snake))
+            layers.append(DecoderBlock(widths[i], widths[i - 1], cfg.strides[i - 1], cfg.use_snake))
         layers += [
             _activation(cfg.use_snake, widths[0]),
             nn.Conv1d(widths[0], cfg.out_channels, kernel_size=7, padding=3, bias=False),

@@ -1,0 +1,99 @@
+"""The `videorobin` console script, run as a user runs it (a real subprocess)."""
+
+import subprocess
+import sys
+
+import av
+import pytest
+import soundfile as sf
+
+from tests.media_files import write_bad_inputs
+
+HOP_S = 1920 / 48000
+
+
+def videorobin(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_generate_writes_48k_stereo_of_the_video_duration_and_a_muxed_mp4(tmp_path, videos):
+    out, muxed = tmp_path / "music.wav", tmp_path / "with_music.mp4"
+    result = videorobin(
+        "generate",
+        "--video",
+        videos["long"],
+        "--prompt",
+        "lo-fi piano, 90 BPM",
+        "--out",
+        str(out),
+        "--mux",
+        str(muxed),
+        "--steps",
+        "4",
+        "--seed",
+        "3",
+    )
+    assert result.returncode == 0, result.stderr
+    info = sf.info(str(out))
+    assert (info.samplerate, info.channels) == (48000, 2)
+    with av.open(videos["long"]) as c:
+        video_s = float(c.streams.video[0].duration * c.streams.video[0].time_base)
+    assert abs(info.duration - video_s) <= HOP_S
+    with av.open(str(muxed)) as c:
+        assert sorted(s.type for s in c.streams) == ["audio", "video"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["music.wav", "with_music.mp4"]  # no temp files left
+
+
+def test_duration_flag_overrides_the_video_length(tmp_path, videos):
+    out = tmp_path / "short.flac"
+    result = videorobin("generate", "--video", videos["long"], "--out", str(out), "--duration", "1.5", "--steps", "2")
+    assert result.returncode == 0, result.stderr
+    assert abs(sf.info(str(out)).duration - 1.5) <= HOP_S
+
+
+BAD = {
+    "missing file": (["--video", "{tmp}/nope.mp4"], "no such file"),
+    "not a video": (["--video", "{bad}/notes.txt"], "not a readable video"),
+    "audio only": (["--video", "{bad}/audio_only.m4a"], "no video stream"),
+    "zero-length video": (["--video", "{bad}/no_frames.mp4"], "zero-length"),
+    "empty file": (["--video", "{bad}/empty.mp4"], "empty"),
+    "unknown preset": (["--video", "{good}", "--preset", "giant"], "unknown preset"),
+    "steps < 1": (["--video", "{good}", "--steps", "0"], "steps must be at least 1"),
+    "cfg < 0": (["--video", "{good}", "--cfg", "-1"], "guidance (cfg) must be >= 0"),
+    "bad output name": (["--video", "{good}", "--out", "{tmp}/x.mp3"], "must end in .wav or .flac"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_exits_nonzero_with_one_line(tmp_path, videos, case):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_bad_inputs(bad, videos["short"])
+    args, message = BAD[case]
+    args = [a.format(tmp=tmp_path, bad=bad, good=videos["short"]) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out.wav")]
+    result = videorobin("generate", *args)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("videorobin: error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out.wav").exists()
+
+
+def test_info_prints_parameter_counts_per_component():
+    result = videorobin("info", "--preset", "paper")
+    assert result.returncode == 0, result.stderr
+    table = dict(line.split()[:2] for line in result.stdout.splitlines() if line and not line.startswith("latent"))
+    assert (
+        int(table["semantic_lm"].replace(",", ""))
+        == 24 * (2 * 1024 * 1024 + 2 * 1024 * 128 + 3 * 1024 * 4096 + 2 * 1024) + 1024
+    )
+    assert "rite" in table and "locdit" in table and "63 patches per 10 s" in result.stdout
+
+
+def test_demo_writes_a_sample_video_its_soundtrack_and_the_muxed_mp4(tmp_path):
+    result = videorobin("demo", "--out-dir", str(tmp_path), "--duration", "2", "--steps", "2")
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in tmp_path.iterdir()} == {"sample.mp4", "sample.wav", "sample_with_music.mp4"}
+    assert abs(sf.info(str(tmp_path / "sample.wav")).duration - 2.0) <= HOP_S
