@@ -7,7 +7,7 @@ join between steps (prefill) and finished ones leave, so a finished row costs no
 
 from __future__ import annotations
 
-import logging
+import math
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,8 +21,6 @@ from model.engine.request import GenerationParams, GenerationRequest
 from model.engine.runner import Runner, patch_noise
 from model.engine.scheduler import Scheduler
 from model.media import probe_video, sample_frames
-
-log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (patches done, patches total)
 
@@ -94,6 +92,12 @@ class Engine:
         if duration > self.max_duration_s:
             raise ValueError(f"duration {duration:.2f} s exceeds this engine's limit of {self.max_duration_s:.0f} s")
         if self.cfg.vision is not None and video is not None and frames is None:
+            needed = math.ceil(round(duration * self.cfg.vision.fps, 6))
+            if needed > self.cfg.vision.max_frames:
+                raise ValueError(
+                    f"{duration:.1f} s needs {needed} frames at {self.cfg.vision.fps:g} fps; "
+                    f"the model takes at most {self.cfg.vision.max_frames}"
+                )
             frames = self.encode_video(video, duration)
         if frames is not None and self.cfg.vision is None:
             raise ValueError("this checkpoint has no vision (stage 1): it cannot take video frames")

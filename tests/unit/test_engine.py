@@ -139,3 +139,12 @@ def test_overlong_prompt_and_duration_are_refused(tiny_bundle, tiny_cfg):
         engine.make_request(prompt="x" * (tiny_cfg.text.max_tokens + 1), params=GenerationParams(duration_s=1.0))
     with pytest.raises(ValueError, match="exceeds"):
         engine.make_request(params=GenerationParams(duration_s=6.0))
+
+
+def test_a_video_needing_more_frames_than_the_model_takes_is_refused(videos):
+    from model.build import build_bundle
+    from model.config import load_config
+
+    engine = Engine(build_bundle(load_config("tiny", ["vision.max_frames=4"])))
+    with pytest.raises(ValueError, match="at most 4"):
+        engine.make_request(video=videos["mid"])  # 2.2 s at 5 fps = 11 frames
