@@ -135,6 +135,53 @@ def _info(args) -> dict:
     return {}
 
 
+def _score(args) -> dict:
+    from jobs.catalogue import CatalogueError
+    from jobs.score import ScoreConfig, run
+    from model.build import build_bundle
+    from model.checkpoint import save_bundle
+    from model.config import load_config
+    from model.io import uri_exists, uri_join
+
+    checkpoint = args.checkpoint
+    if checkpoint is None:  # a random model, saved once so every worker and every rerun uses the same weights
+        checkpoint = uri_join(args.out, "model")
+        if not uri_exists(uri_join(checkpoint, "config.json")):
+            log.warning(
+                "no --checkpoint: scoring with randomly initialised %s weights (saved to %s)", args.preset, checkpoint
+            )
+            save_bundle(build_bundle(load_config(args.preset, args.set)), checkpoint)
+    stage_flags = {
+        k: getattr(args, k)
+        for k in ScoreConfig.model_fields
+        if k.split("_")[0] in ("encode", "generate", "decode", "actor", "probe", "rows")
+    }
+    cfg = ScoreConfig(
+        catalogue=args.catalogue,
+        out=args.out,
+        checkpoint=checkpoint,
+        default_prompt=args.default_prompt,
+        format=args.format,
+        mux=args.mux,
+        address=args.address,
+        steps=args.steps,
+        guidance=args.cfg,
+        max_duration_s=args.max_duration,
+        skip_failed=args.skip_failed,
+        **stage_flags,
+    )
+    try:
+        summary = run(cfg)
+    except CatalogueError as err:
+        raise CLIError(str(err)) from None
+    print(
+        f"score: {summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped; "
+        f"{summary['generated']} generated in {summary['wall_s']} s ({summary['videos_per_s']} videos/s, "
+        f"{summary['audio_s_per_wall_s']} audio-s per wall-s)"
+    )
+    return {**summary, "exit_status": 1 if summary["failed"] else 0}
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint directory (local path or fsspec URI)")
     p.add_argument("--preset", default="tiny", help="preset or config file when no --checkpoint (tiny, paper)")
@@ -166,6 +213,24 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(demo)
     demo.set_defaults(run=_demo)
 
+    score = sub.add_parser("score", help="soundtracks for a whole video catalogue (Ray Data, resumable)")
+    score.add_argument("--catalogue", required=True, help="manifest (.parquet/.csv/.jsonl) or a glob (dir/*.mp4)")
+    score.add_argument("--out", required=True, help="output directory or fsspec URI")
+    score.add_argument("--default-prompt", help="prompt for rows without one (default: the static prompt)")
+    score.add_argument("--format", default="wav", choices=["wav", "flac"])
+    score.add_argument("--mux", action="store_true", help="also write mp4/<id>.mp4 with the music muxed in")
+    score.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    score.add_argument("--skip-failed", action="store_true", help="on a rerun, do not retry failed rows")
+    _model_args(score)
+    for stage, actors, batch in (("encode", 1, 8), ("generate", 1, 8), ("decode", 1, 4)):
+        score.add_argument(f"--{stage}-actors", type=int, default=actors, help=f"{stage} actor pool size")
+        score.add_argument(f"--{stage}-batch", type=int, default=batch, help=f"rows per {stage} batch")
+        score.add_argument(f"--{stage}-gpus", type=float, default=0.0, help=f"GPUs per {stage} actor")
+    score.add_argument("--actor-cpus", type=float, default=0.5, help="CPUs per actor (keep <= 0.5 on tiny clusters)")
+    score.add_argument("--probe-cpus", type=float, default=0.25, help="CPUs per probe/write task")
+    score.add_argument("--rows-per-block", type=int, default=4, help="rows per block: the unit of resume")
+    score.set_defaults(run=_score)
+
     info = sub.add_parser("info", help="parameter counts per component")
     info.add_argument("--preset", default="paper")
     info.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -187,10 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("videorobin: interrupted", file=sys.stderr)
         return 130
+    status = summary.pop("exit_status", 0)
     for key, value in summary.items():
         if value is not None:
             print(f"{key}: {value}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -19,13 +19,23 @@ import tempfile
 
 import fsspec
 import torch
+from safetensors import safe_open
 
 from model.build import Bundle
 from model.config import VideoRobinConfig
-from model.io import read_bytes, read_safetensors, uri_exists, uri_join, write_bytes_atomic, write_safetensors
+from model.io import (
+    local_copy,
+    read_bytes,
+    read_safetensors,
+    uri_exists,
+    uri_join,
+    write_bytes_atomic,
+    write_safetensors,
+)
 from model.text import HFTokenizer, load_tokenizer
 from model.vae import OobleckVAE
 from model.videorobin import VideoRobin
+from model.vision import ClipEncoder
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -57,12 +67,16 @@ def save_bundle(bundle: Bundle, uri: str) -> None:
     write_bytes_atomic(uri_join(uri, "config.json"), saved.to_json().encode())
 
 
-def load_bundle(uri: str, device: torch.device | str = "cpu") -> Bundle:
-    """Load a checkpoint directory written by `save_bundle` (strictly: every tensor must match)."""
+def read_config(uri: str) -> VideoRobinConfig:
     config_uri = uri_join(uri, "config.json")
     if not uri_exists(config_uri):
         raise FileNotFoundError(f"{uri}: not a Video-Robin checkpoint (no config.json)")
-    cfg = VideoRobinConfig.from_json(read_bytes(config_uri).decode())
+    return VideoRobinConfig.from_json(read_bytes(config_uri).decode())
+
+
+def load_bundle(uri: str, device: torch.device | str = "cpu") -> Bundle:
+    """Load a checkpoint directory written by `save_bundle` (strictly: every tensor must match)."""
+    cfg = read_config(uri)
     model = VideoRobin(cfg)
     model.load_state_dict(read_safetensors(uri_join(uri, "model.safetensors")), strict=True)
     stats = json.loads(read_bytes(uri_join(uri, "latent_stats.json")))
@@ -74,6 +88,25 @@ def load_bundle(uri: str, device: torch.device | str = "cpu") -> Bundle:
         text = text.model_copy(update={"tokenizer": uri_join(uri, text.tokenizer)})
     tokenizer = load_tokenizer(text, cfg.semantic_lm.vocab_size)
     return Bundle(cfg, model, vae, tokenizer).to(device)
+
+
+def load_clip(uri: str, device: torch.device | str = "cpu") -> ClipEncoder:
+    """Only the frozen CLIP tower of a checkpoint (for frame-encoding workers)."""
+    cfg = read_config(uri)
+    if cfg.vision is None:
+        raise ValueError(f"{uri}: this checkpoint has no vision (stage 1)")
+    encoder = ClipEncoder(cfg.vision)
+    with local_copy(uri_join(uri, "model.safetensors"), suffix=".safetensors") as path, safe_open(path, "pt") as f:
+        state = {k.removeprefix("clip."): f.get_tensor(k) for k in f.keys() if k.startswith("clip.")}
+    encoder.load_state_dict(state, strict=True)
+    return encoder.to(device)
+
+
+def load_vae_from_checkpoint(uri: str, device: torch.device | str = "cpu") -> OobleckVAE:
+    """Only the audio VAE of a checkpoint (for decoding workers)."""
+    vae = OobleckVAE(read_config(uri).vae)
+    vae.load_state_dict(read_safetensors(uri_join(uri, "vae.safetensors")), strict=True)
+    return vae.to(device)
 
 
 def set_latent_stats(model: VideoRobin, mean: torch.Tensor, std: torch.Tensor) -> None:

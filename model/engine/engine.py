@@ -21,6 +21,7 @@ from model.engine.request import GenerationParams, GenerationRequest
 from model.engine.runner import Runner, patch_noise
 from model.engine.scheduler import Scheduler
 from model.media import probe_video, sample_frames
+from model.vae import OobleckVAE
 
 Progress = Callable[[int, int], None]  # (patches done, patches total)
 
@@ -40,6 +41,13 @@ class GenerationResult:
     audio: np.ndarray  # (C, S) float32 at the VAE's sample rate, trimmed to the duration
     sample_rate: int
     duration_s: float
+
+
+def decode_latents(vae: OobleckVAE, latents: torch.Tensor, duration_s: float) -> np.ndarray:
+    """(D, L) VAE latents -> (C, S) float32 audio trimmed to `duration_s` (chunked, non-causal decode)."""
+    device = next(vae.parameters()).device
+    audio = vae.decode(latents[None].to(device))[0]
+    return audio[:, : round(duration_s * vae.sample_rate)].float().cpu().numpy()
 
 
 class Engine:
@@ -168,12 +176,14 @@ class Engine:
             patches[output.request_id].append(output.patch)
         return {rid: torch.cat(p) for rid, p in patches.items()}
 
+    def to_latents(self, frames: torch.Tensor) -> torch.Tensor:
+        """(L, D) standardised frames -> (D, L) VAE latents on the CPU."""
+        return self.bundle.model.destandardize(frames[None].to(self.device))[0].cpu()
+
     def decode(self, frames: torch.Tensor, duration_s: float) -> tuple[torch.Tensor, np.ndarray]:
         """(L, D) standardised frames -> (D, L) latents and (C, S) audio trimmed to `duration_s`."""
-        latents = self.bundle.model.destandardize(frames[None].to(self.device))  # (1, D, L)
-        audio = self.bundle.vae.decode(latents)[0]
-        samples = round(duration_s * self.bundle.vae.sample_rate)
-        return latents[0].cpu(), audio[:, :samples].float().cpu().numpy()
+        latents = self.to_latents(frames)
+        return latents, decode_latents(self.bundle.vae, latents, duration_s)
 
     def generate(self, requests: list[GenerationRequest], progress: Progress | None = None) -> list[GenerationResult]:
         """Generate and decode whole clips; results in the order of `requests`."""

@@ -1,0 +1,400 @@
+"""`videorobin score`: soundtracks for a whole video catalogue, as a resumable Ray Data job.
+
+    catalogue rows -> probe + sample frames (CPU tasks) -> CLIP features (actor pool)
+      -> generation (actor pool, the batched engine) -> VAE decode (actor pool) -> write (CPU tasks)
+
+Every stage passes failed rows through untouched, so a bad video becomes a `failed` manifest row and the
+job goes on. Output under `--out`:
+
+    audio/<id>.wav|flac    the soundtrack (48 kHz stereo, the video's duration)
+    mp4/<id>.mp4           the video with the soundtrack muxed in (with --mux)
+    manifest.parquet       one row per catalogue row (see jobs/catalogue.py: MANIFEST_SCHEMA)
+    parts/                 manifest rows streamed while a run is going; folded into manifest.parquet
+    model/                 the randomly initialised model, only when no --checkpoint was given
+
+Names are deterministic and every file is written under a temporary name then moved, so a rerun skips
+ids already `ok`, retries `failed` ones (unless --skip-failed), and a killed run leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import uuid
+
+import fsspec
+import numpy as np
+import ray
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from jobs.catalogue import output_stem, read_catalogue, read_manifests, write_manifest
+from jobs.metrics import record_audio, record_stage
+from model.checkpoint import checkpoint_id, load_bundle, load_clip, load_vae_from_checkpoint, read_config
+from model.engine import Engine, GenerationParams
+from model.engine.engine import decode_latents
+from model.io import local_copy, uri_exists, uri_join
+from model.media import MediaError, mux, probe_video, sample_frames, write_audio
+
+log = logging.getLogger(__name__)
+
+MEDIA_ERRORS = (MediaError, ValueError, OSError)
+HEAVY = ("frames", "features", "latents", "audio")
+
+
+class ScoreConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    catalogue: str
+    out: str
+    checkpoint: str
+    default_prompt: str | None = None
+    format: str = Field(default="wav", pattern="^(wav|flac)$")
+    mux: bool = False
+    address: str | None = None
+    steps: int = Field(default=20, ge=1)
+    guidance: float = Field(default=2.0, ge=0)
+    max_duration_s: float = Field(default=120.0, gt=0)
+    skip_failed: bool = False
+    rows_per_block: int = Field(default=4, ge=1)  # resume granularity: a block is the unit Ray Data commits
+    probe_cpus: float = Field(default=0.25, gt=0)
+    encode_actors: int = Field(default=1, ge=1)
+    encode_batch: int = Field(default=8, ge=1)
+    encode_gpus: float = Field(default=0.0, ge=0)
+    generate_actors: int = Field(default=1, ge=1)
+    generate_batch: int = Field(default=8, ge=1)
+    generate_gpus: float = Field(default=0.0, ge=0)
+    decode_actors: int = Field(default=1, ge=1)
+    decode_batch: int = Field(default=4, ge=1)
+    decode_gpus: float = Field(default=0.0, ge=0)
+    actor_cpus: float = Field(default=0.5, gt=0)  # <= 0.5 on small clusters: whole-CPU actors starve the reads
+
+
+# ---- stages (plain callables and callable classes, as Ray Data wants them) ---------------------------------
+
+
+def _device(gpus: float) -> str:
+    return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def _fail(row: dict, stage: str, err: BaseException) -> dict:
+    row["status"], row["error"] = "failed", f"{stage}: {' '.join(str(err).split()) or type(err).__name__}"
+    return row
+
+
+def _ok_rows(batch: dict) -> list[int]:
+    return [i for i, status in enumerate(batch["status"]) if status == "ok"]
+
+
+def _stage_seconds(batch: dict, worked_on: list[int], seconds: float) -> np.ndarray:
+    """A batched stage's wall time, charged to each row it worked on (a row's batch time, not a share)."""
+    out = np.zeros(len(batch["id"]))
+    out[worked_on] = seconds
+    return out
+
+
+def _writable(batch: dict) -> dict:
+    """Object-dtype status/error columns, so a stage can mark a row failed with any message."""
+    batch["status"] = np.asarray(batch["status"], dtype=object)
+    batch["error"] = np.asarray(batch["error"], dtype=object)
+    return batch
+
+
+def probe_and_sample(row: dict, fps: float, image_size: int, max_frames: int, max_duration_s: float) -> dict:
+    """Read the video header and the frames the model will see; a bad video becomes a failed row."""
+    start = time.perf_counter()
+    row |= {"status": "ok", "error": "", "frames": np.zeros((0, image_size, image_size, 3), np.uint8)}
+    try:
+        with local_copy(row["video"], suffix=os.path.splitext(row["video"])[1]) as path:
+            info = probe_video(path)
+            duration = row["duration"] if row["duration"] is not None else info.duration_s
+            if duration > max_duration_s:
+                raise MediaError(f"{duration:.1f} s is longer than the limit of {max_duration_s:.0f} s")
+            row["duration_s"] = float(duration)
+            if fps > 0:
+                row["frames"] = sample_frames(path, fps, image_size, duration, max_frames)
+    except MEDIA_ERRORS as err:
+        row["duration_s"] = float("nan")
+        _fail(row, "probe", err)
+    row["probe_s"] = time.perf_counter() - start
+    record_stage("probe", [row["status"]], row["probe_s"])
+    return row
+
+
+class EncodeFrames:
+    """CLIP over the sampled frames of a batch of videos (frozen tower only, loaded once per actor)."""
+
+    def __init__(self, checkpoint: str, gpus: float) -> None:
+        self.device = _device(gpus)
+        self.clip = load_clip(checkpoint, self.device) if read_config(checkpoint).vision is not None else None
+
+    def __call__(self, batch: dict) -> dict:
+        start = time.perf_counter()
+        ok = _ok_rows(batch)
+        features = [np.zeros((0, 0), np.float32) for _ in batch["id"]]
+        if self.clip is not None and ok:
+            frames = [np.asarray(batch["frames"][i]) for i in ok]
+            encoded = self.clip(np.concatenate(frames)).numpy()  # one CLIP call for the whole batch
+            for i, chunk in zip(ok, np.split(encoded, np.cumsum([len(f) for f in frames])[:-1]), strict=True):
+                features[i] = chunk
+        batch["features"] = np.array(features + [None], dtype=object)[:-1]
+        del batch["frames"]
+        seconds = time.perf_counter() - start
+        batch["encode_s"] = _stage_seconds(batch, ok, seconds)
+        record_stage("encode", [batch["status"][i] for i in ok], seconds)
+        return batch
+
+
+class GenerateLatents:
+    """The batched engine: videos of different lengths advance together, one request per row."""
+
+    def __init__(
+        self, checkpoint: str, gpus: float, max_batch: int, steps: int, guidance: float, max_duration_s: float
+    ) -> None:
+        self.engine = Engine(
+            load_bundle(checkpoint), device=_device(gpus), max_batch=max_batch, max_duration_s=max_duration_s
+        )
+        self.steps, self.guidance = steps, guidance
+
+    def __call__(self, batch: dict) -> dict:
+        start = time.perf_counter()
+        batch = _writable(batch)
+        latents = [np.zeros((0, 0), np.float32) for _ in batch["id"]]
+        requests = {}
+        for i in _ok_rows(batch):
+            try:
+                feats = batch["features"][i]
+                params = GenerationParams(
+                    seed=int(batch["seed"][i]),
+                    duration_s=float(batch["duration_s"][i]),
+                    steps=self.steps,
+                    guidance=self.guidance,
+                )
+                requests[i] = self.engine.make_request(
+                    prompt=batch["prompt"][i],
+                    params=params,
+                    request_id=str(batch["id"][i]),
+                    frames=torch.from_numpy(np.asarray(feats)) if len(feats) else None,
+                )
+            except ValueError as err:
+                _fail_in_batch(batch, i, "generate", err)
+        frames = self.engine.generate_latents(list(requests.values())) if requests else {}
+        for i, request in requests.items():
+            latents[i] = self.engine.to_latents(frames[request.request_id]).numpy()
+        batch["latents"] = np.array(latents + [None], dtype=object)[:-1]
+        del batch["features"]
+        seconds = time.perf_counter() - start
+        batch["generate_s"] = _stage_seconds(batch, list(requests), seconds)
+        record_stage("generate", [batch["status"][i] for i in requests], seconds)
+        return batch
+
+
+class DecodeAudio:
+    """VAE decode (overlapping chunks) of each row's latents, trimmed to its duration."""
+
+    def __init__(self, checkpoint: str, gpus: float) -> None:
+        self.vae = load_vae_from_checkpoint(checkpoint, _device(gpus))
+
+    def __call__(self, batch: dict) -> dict:
+        start = time.perf_counter()
+        audio = [np.zeros((0, 0), np.float32) for _ in batch["id"]]
+        ok = _ok_rows(batch)
+        for i in ok:
+            latents = torch.from_numpy(np.asarray(batch["latents"][i]))
+            audio[i] = decode_latents(self.vae, latents, float(batch["duration_s"][i]))
+        batch["audio"] = np.array(audio + [None], dtype=object)[:-1]
+        del batch["latents"]
+        seconds = time.perf_counter() - start
+        batch["decode_s"] = _stage_seconds(batch, ok, seconds)
+        record_stage("decode", [batch["status"][i] for i in ok], seconds)
+        return batch
+
+
+def _fail_in_batch(batch: dict, i: int, stage: str, err: BaseException) -> None:
+    batch["status"][i] = "failed"
+    batch["error"][i] = f"{stage}: {' '.join(str(err).split())}"
+
+
+def write_outputs(row: dict, out: str, fmt: str, do_mux: bool, sample_rate: int, model_id: str) -> dict:
+    """Write the audio (and muxed mp4) under their final names; return the manifest row."""
+    start = time.perf_counter()
+    audio = np.asarray(row.pop("audio"))
+    for key in (*HEAVY, "duration"):  # only manifest columns leave this stage
+        row.pop(key, None)
+    stem = output_stem(row["id"])
+    row |= {"audio": "", "mp4": "", "checkpoint": model_id}
+    if row["status"] == "ok":
+        try:
+            row["audio"] = uri_join(out, f"audio/{stem}.{fmt}")
+            write_audio(row["audio"], audio, sample_rate, fmt)
+            if do_mux:
+                row["mp4"] = uri_join(out, f"mp4/{stem}.mp4")
+                _write_mp4(row["video"], audio, sample_rate, row["mp4"])
+            record_audio(row["duration_s"])
+        except MEDIA_ERRORS as err:
+            _fail(row, "write", err)
+    row["write_s"] = time.perf_counter() - start
+    row["finished_at"] = time.time()
+    if not math.isfinite(row["duration_s"]):
+        row["duration_s"] = None  # unknown: the video could not be probed
+    record_stage("write", [row["status"]], row["write_s"])
+    return row
+
+
+def _write_mp4(video_uri: str, audio: np.ndarray, sample_rate: int, out_uri: str) -> None:
+    fs, path = fsspec.core.url_to_fs(out_uri)
+    fs.makedirs(os.path.dirname(path), exist_ok=True)
+    with local_copy(video_uri, suffix=os.path.splitext(video_uri)[1]) as src:
+        if fs.protocol in ("file", ("file", "local")):
+            mux(src, audio, sample_rate, path)
+            return
+        local = f"/tmp/{uuid.uuid4().hex}.mp4"
+        try:
+            mux(src, audio, sample_rate, local)
+            fs.put(local, path + ".tmp")
+            fs.mv(path + ".tmp", path)
+        finally:
+            if os.path.exists(local):
+                os.remove(local)
+
+
+# ---- the driver -------------------------------------------------------------------------------------------
+
+
+def _remove_leftovers(out: str) -> int:
+    """Delete temporary files a killed run left behind (they never carry a final name)."""
+    fs, root = fsspec.core.url_to_fs(out)
+    if not fs.exists(root):
+        return 0
+    leftovers = [p for p in fs.find(root) if os.path.basename(p).startswith(".") or p.endswith(".tmp")]
+    for path in leftovers:
+        fs.rm(path)
+    return len(leftovers)
+
+
+def _manifest_files(out: str) -> list[str]:
+    fs, root = fsspec.core.url_to_fs(out)
+    parts = sorted(fs.glob(f"{root.rstrip('/')}/parts/*.parquet"))
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    unstrip = (lambda p: p) if protocol in ("file", "local") else (lambda p: f"{protocol}://{p}")  # noqa: E731
+    main = uri_join(out, "manifest.parquet")
+    return ([main] if uri_exists(main) else []) + [unstrip(p) for p in parts]
+
+
+def build_pipeline(cfg: ScoreConfig, rows: list[dict], model_id: str) -> ray.data.Dataset:
+    model_cfg = read_config(cfg.checkpoint)
+    vision = model_cfg.vision
+    image_size = vision.tower.image_size if vision is not None and vision.tower is not None else 224
+    actor = {"num_cpus": cfg.actor_cpus}
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / cfg.rows_per_block)))
+    ds = ds.map(
+        probe_and_sample,
+        num_cpus=cfg.probe_cpus,
+        fn_kwargs={
+            "fps": vision.fps if vision is not None else 0.0,
+            "image_size": image_size,
+            "max_frames": vision.max_frames if vision is not None else 0,
+            "max_duration_s": cfg.max_duration_s,
+        },
+    )
+    ds = ds.map_batches(
+        EncodeFrames,
+        batch_size=cfg.encode_batch,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.encode_actors),
+        num_gpus=cfg.encode_gpus,
+        fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "gpus": cfg.encode_gpus},
+        **actor,
+    )
+    ds = ds.map_batches(
+        GenerateLatents,
+        batch_size=cfg.generate_batch,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.generate_actors),
+        num_gpus=cfg.generate_gpus,
+        fn_constructor_kwargs={
+            "checkpoint": cfg.checkpoint,
+            "gpus": cfg.generate_gpus,
+            "max_batch": cfg.generate_batch,
+            "steps": cfg.steps,
+            "guidance": cfg.guidance,
+            "max_duration_s": cfg.max_duration_s,
+        },
+        **actor,
+    )
+    ds = ds.map_batches(
+        DecodeAudio,
+        batch_size=cfg.decode_batch,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.decode_actors),
+        num_gpus=cfg.decode_gpus,
+        fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "gpus": cfg.decode_gpus},
+        **actor,
+    )
+    return ds.map(
+        write_outputs,
+        num_cpus=cfg.probe_cpus,
+        fn_kwargs={
+            "out": cfg.out,
+            "fmt": cfg.format,
+            "do_mux": cfg.mux,
+            "sample_rate": model_cfg.vae.sample_rate,
+            "model_id": model_id,
+        },
+    )
+
+
+def run(cfg: ScoreConfig) -> dict:
+    """Score the catalogue; returns the summary (counts, throughput)."""
+    started = time.perf_counter()
+    rows = read_catalogue(cfg.catalogue, cfg.default_prompt)
+    removed = _remove_leftovers(cfg.out)
+    if removed:
+        log.info("removed %d temporary files left by an interrupted run", removed)
+    previous = read_manifests(_manifest_files(cfg.out))
+
+    def done(row: dict) -> bool:
+        old = previous.get(row["id"])
+        if old is None:
+            return False
+        if old["status"] == "ok":
+            return uri_exists(old["audio"]) and (not cfg.mux or bool(old["mp4"]) and uri_exists(old["mp4"]))
+        return cfg.skip_failed
+
+    todo = [r for r in rows if not done(r)]
+    model_id = checkpoint_id(cfg.checkpoint)
+    new: dict[str, dict] = {}
+    if todo:
+        if not ray.is_initialized():
+            ray.init(address=cfg.address, log_to_driver=False, configure_logging=False)
+        run_id = uuid.uuid4().hex[:8]
+        pending: list[dict] = []
+        part = 0
+        for batch in build_pipeline(cfg, todo, model_id).iter_rows():
+            pending.append(batch)
+            new[batch["id"]] = batch
+            if len(pending) >= cfg.rows_per_block:
+                write_manifest(uri_join(cfg.out, f"parts/{run_id}-{part:05d}.parquet"), pending)
+                pending, part = [], part + 1
+        if pending:
+            write_manifest(uri_join(cfg.out, f"parts/{run_id}-{part:05d}.parquet"), pending)
+    final = [new.get(r["id"]) or previous[r["id"]] for r in rows]
+    write_manifest(uri_join(cfg.out, "manifest.parquet"), final)
+    fs, root = fsspec.core.url_to_fs(cfg.out)
+    if fs.exists(f"{root.rstrip('/')}/parts"):
+        fs.rm(f"{root.rstrip('/')}/parts", recursive=True)
+    wall = time.perf_counter() - started
+    generated = [r for r in new.values() if r["status"] == "ok"]
+    audio_s = sum(r["duration_s"] for r in generated)
+    return {
+        "ok": sum(r["status"] == "ok" for r in final),
+        "failed": sum(r["status"] == "failed" for r in final),
+        "generated": len(generated),
+        "skipped": len(rows) - len(todo),
+        "wall_s": round(wall, 2),
+        "videos_per_s": round(len(new) / wall, 4),
+        "audio_s_per_wall_s": round(audio_s / wall, 4),
+        "manifest": uri_join(cfg.out, "manifest.parquet"),
+    }

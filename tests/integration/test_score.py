@@ -1,0 +1,186 @@
+"""`videorobin score` on a real local Ray cluster, over real videos, run as the console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+import torch
+
+from jobs.catalogue import default_seed
+from model.build import build_bundle
+from model.checkpoint import save_bundle
+from model.config import load_config
+from model.engine import Engine, GenerationParams
+from model.media import write_sample_video
+from tests.media_files import write_audio_only
+
+pytestmark = pytest.mark.ray
+
+DURATIONS = [2.0, 3.5, 5.0, 6.2, 8.0, 9.6, 11.0, 12.4, 14.0, 15.5, 17.8, 20.0]
+HOP_S = 1920 / 48000
+STEPS = "4"
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+    """12 good videos of 2-20 s, 2 corrupt files and 1 audio-only file, a JSONL catalogue, a checkpoint."""
+    root = tmp_path_factory.mktemp("library")
+    rows = []
+    for i, duration in enumerate(DURATIONS):
+        path = str(root / f"clip{i:02d}.mp4")
+        write_sample_video(path, duration, cut_every_s=0.4 + 0.1 * i, size=64)
+        rows.append({"id": f"clip{i:02d}", "video": path, "prompt": "lo-fi piano, 90 BPM" if i % 3 == 0 else None})
+    with open(rows[0]["video"], "rb") as f:
+        head = f.read(2000)
+    (root / "corrupt_header.mp4").write_bytes(b"\x00" * 64 + head[64:])
+    (root / "random_bytes.mp4").write_bytes(np.random.default_rng(0).bytes(5000))
+    write_audio_only(str(root / "song.m4a"))
+    rows += [
+        {"id": "corrupt_header", "video": str(root / "corrupt_header.mp4")},
+        {"id": "random_bytes", "video": str(root / "random_bytes.mp4")},
+        {"id": "audio_only", "video": str(root / "song.m4a")},
+    ]
+    with open(root / "catalogue.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    save_bundle(build_bundle(load_config("tiny"), seed=0), str(root / "ckpt"))
+    return root
+
+
+def score(library, out, address, *extra, wait=True):
+    args = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "score",
+        "--catalogue",
+        str(library / "catalogue.jsonl"),
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(library / "ckpt"),
+        "--address",
+        address,
+        "--steps",
+        STEPS,
+        "--mux",
+        *extra,
+    ]
+    if not wait:
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.run(args, capture_output=True, text=True, timeout=900)
+
+
+def _summary(result) -> dict:
+    return dict(
+        line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line and not line.startswith("score:")
+    )
+
+
+def _leftovers(out) -> list[str]:
+    return [
+        os.path.join(d, f) for d, _, files in os.walk(out) for f in files if f.startswith(".") or f.endswith(".tmp")
+    ]
+
+
+@pytest.fixture(scope="module")
+def first_run(library, ray_address, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scored")
+    result = score(library, out, ray_address)
+    return out, result
+
+
+def test_every_good_video_gets_its_soundtrack_and_bad_ones_are_failed_rows(library, first_run):
+    out, result = first_run
+    assert result.returncode == 1, result.stderr[-3000:]  # some rows failed: the exit status says so
+    assert "score: 12 ok, 3 failed, 0 skipped" in result.stdout
+    manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert [r["id"] for r in manifest] == [f"clip{i:02d}" for i in range(12)] + [
+        "corrupt_header",
+        "random_bytes",
+        "audio_only",
+    ]
+    for row, duration in zip(manifest[:12], DURATIONS, strict=False):
+        assert row["status"] == "ok" and row["error"] == ""
+        info = sf.info(row["audio"])
+        assert (info.samplerate, info.channels) == (48000, 2)
+        assert abs(info.duration - duration) <= HOP_S, row["id"]
+        with av.open(row["mp4"]) as c:
+            assert sorted(s.type for s in c.streams) == ["audio", "video"]
+        assert row["generate_s"] > 0 and row["decode_s"] > 0 and len(row["checkpoint"]) == 16
+    errors = {r["id"]: r["error"] for r in manifest[12:]}
+    assert all(r["status"] == "failed" for r in manifest[12:])
+    assert "no video stream" in errors["audio_only"]
+    assert "not a readable video" in errors["random_bytes"]
+    assert errors["corrupt_header"].startswith("probe: ")
+    assert len(os.listdir(out / "audio")) == 12 and not _leftovers(out) and not (out / "parts").exists()
+
+
+def test_a_rerun_does_no_generation_work_and_leaves_the_manifest_unchanged(library, first_run, ray_address):
+    out, _ = first_run
+    before = pq.read_table(out / "manifest.parquet")
+    stamps = {p: os.stat(out / "audio" / p).st_mtime_ns for p in os.listdir(out / "audio")}
+    result = score(library, out, ray_address, "--skip-failed")
+    assert result.returncode == 1
+    summary = _summary(result)
+    assert (summary["generated"], summary["skipped"]) == ("0", "15")
+    assert float(summary["wall_s"]) < 10
+    assert pq.read_table(out / "manifest.parquet").equals(before)
+    assert {p: os.stat(out / "audio" / p).st_mtime_ns for p in os.listdir(out / "audio")} == stamps
+    retried = score(library, out, ray_address)  # default: failed rows are retried, ok rows untouched
+    summary = _summary(retried)
+    assert (summary["generated"], summary["skipped"], summary["failed"]) == ("0", "12", "3")
+    after = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert after[:12] == before.to_pylist()[:12]
+
+
+def test_per_video_output_equals_the_engine_alone(library, first_run):
+    out, _ = first_run
+    row = pq.read_table(out / "manifest.parquet").to_pylist()[3]
+    engine = Engine(__import__("model.checkpoint", fromlist=["load_bundle"]).load_bundle(str(library / "ckpt")))
+    request = engine.make_request(
+        video=row["video"],
+        prompt=row["prompt"],
+        params=GenerationParams(seed=default_seed(row["id"]), steps=int(STEPS)),
+    )
+    assert row["seed"] == default_seed(row["id"])
+    (alone,) = engine.generate([request])
+    written, _ = sf.read(row["audio"], always_2d=True)
+    assert written.shape == alone.audio.T.shape
+    assert np.abs(written - np.clip(alone.audio.T, -1, 1)).max() < 2e-3  # 16-bit PCM quantisation
+    assert torch.is_tensor(alone.latents)
+
+
+def test_a_killed_job_rerun_ends_with_every_video_written_once(library, ray_address, tmp_path):
+    out = tmp_path / "killed"
+    proc = score(library, out, ray_address, "--rows-per-block", "1", "--generate-batch", "2", wait=False)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "audio").exists() and len(os.listdir(out / "audio")) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the job finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    written_before = len(os.listdir(out / "audio"))
+    assert 2 <= written_before < 12
+    result = score(library, out, ray_address)
+    assert result.returncode == 1, result.stderr[-3000:]
+    manifest = pq.read_table(out / "manifest.parquet").to_pylist()
+    ids = [r["id"] for r in manifest]
+    assert len(ids) == len(set(ids)) == 15
+    assert sum(r["status"] == "ok" for r in manifest) == 12
+    assert sorted(os.listdir(out / "audio")) == [f"clip{i:02d}.wav" for i in range(12)]
+    assert sorted(os.listdir(out / "mp4")) == [f"clip{i:02d}.mp4" for i in range(12)]
+    assert not _leftovers(out) and not (out / "parts").exists()
+    for row in manifest[:12]:
+        assert abs(sf.info(row["audio"]).duration - DURATIONS[int(row["id"][4:])]) <= HOP_S
