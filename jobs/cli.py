@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         score.add_argument(f"--{stage}-gpus", type=float, default=0.0, help=f"GPUs per {stage} actor")
     score.add_argument("--actor-cpus", type=float, default=0.5, help="CPUs per actor (keep <= 0.5 on tiny clusters)")
     score.add_argument("--probe-cpus", type=float, default=0.25, help="CPUs per probe/write task")
+    score.add_argument("--probe-tasks", type=int, default=4, help="concurrent probe/write tasks")
     score.add_argument("--rows-per-block", type=int, default=4, help="rows per block: the unit of resume")
     score.set_defaults(run=_score)
 

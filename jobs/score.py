@@ -30,18 +30,15 @@ import ray
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.catalogue import output_stem, read_catalogue, read_manifests, write_manifest
-from jobs.metrics import record_audio, record_stage
+from jobs.catalogue import read_catalogue, read_manifests, write_manifest
+from jobs.metrics import record_stage
+from jobs.score_tasks import probe_and_sample, write_outputs
 from model.checkpoint import checkpoint_id, load_bundle, load_clip, load_vae_from_checkpoint, read_config
 from model.engine import Engine, GenerationParams
 from model.engine.engine import decode_latents
-from model.io import local_copy, uri_exists, uri_join
-from model.media import MediaError, mux, probe_video, sample_frames, write_audio
+from model.io import uri_exists, uri_join
 
 log = logging.getLogger(__name__)
-
-MEDIA_ERRORS = (MediaError, ValueError, OSError)
-HEAVY = ("frames", "features", "latents", "audio")
 
 
 class ScoreConfig(BaseModel):
@@ -60,6 +57,7 @@ class ScoreConfig(BaseModel):
     skip_failed: bool = False
     rows_per_block: int = Field(default=4, ge=1)  # resume granularity: a block is the unit Ray Data commits
     probe_cpus: float = Field(default=0.25, gt=0)
+    probe_tasks: int = Field(default=4, ge=1)  # concurrent probe/write tasks (each decodes one video)
     encode_actors: int = Field(default=1, ge=1)
     encode_batch: int = Field(default=8, ge=1)
     encode_gpus: float = Field(default=0.0, ge=0)
@@ -79,11 +77,6 @@ def _device(gpus: float) -> str:
     return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
-def _fail(row: dict, stage: str, err: BaseException) -> dict:
-    row["status"], row["error"] = "failed", f"{stage}: {' '.join(str(err).split()) or type(err).__name__}"
-    return row
-
-
 def _ok_rows(batch: dict) -> list[int]:
     return [i for i, status in enumerate(batch["status"]) if status == "ok"]
 
@@ -100,27 +93,6 @@ def _writable(batch: dict) -> dict:
     batch["status"] = np.asarray(batch["status"], dtype=object)
     batch["error"] = np.asarray(batch["error"], dtype=object)
     return batch
-
-
-def probe_and_sample(row: dict, fps: float, image_size: int, max_frames: int, max_duration_s: float) -> dict:
-    """Read the video header and the frames the model will see; a bad video becomes a failed row."""
-    start = time.perf_counter()
-    row |= {"status": "ok", "error": "", "frames": np.zeros((0, image_size, image_size, 3), np.uint8)}
-    try:
-        with local_copy(row["video"], suffix=os.path.splitext(row["video"])[1]) as path:
-            info = probe_video(path)
-            duration = row["duration"] if row["duration"] is not None else info.duration_s
-            if duration > max_duration_s:
-                raise MediaError(f"{duration:.1f} s is longer than the limit of {max_duration_s:.0f} s")
-            row["duration_s"] = float(duration)
-            if fps > 0:
-                row["frames"] = sample_frames(path, fps, image_size, duration, max_frames)
-    except MEDIA_ERRORS as err:
-        row["duration_s"] = float("nan")
-        _fail(row, "probe", err)
-    row["probe_s"] = time.perf_counter() - start
-    record_stage("probe", [row["status"]], row["probe_s"])
-    return row
 
 
 class EncodeFrames:
@@ -215,49 +187,6 @@ class DecodeAudio:
 def _fail_in_batch(batch: dict, i: int, stage: str, err: BaseException) -> None:
     batch["status"][i] = "failed"
     batch["error"][i] = f"{stage}: {' '.join(str(err).split())}"
-
-
-def write_outputs(row: dict, out: str, fmt: str, do_mux: bool, sample_rate: int, model_id: str) -> dict:
-    """Write the audio (and muxed mp4) under their final names; return the manifest row."""
-    start = time.perf_counter()
-    audio = np.asarray(row.pop("audio"))
-    for key in (*HEAVY, "duration"):  # only manifest columns leave this stage
-        row.pop(key, None)
-    stem = output_stem(row["id"])
-    row |= {"audio": "", "mp4": "", "checkpoint": model_id}
-    if row["status"] == "ok":
-        try:
-            row["audio"] = uri_join(out, f"audio/{stem}.{fmt}")
-            write_audio(row["audio"], audio, sample_rate, fmt)
-            if do_mux:
-                row["mp4"] = uri_join(out, f"mp4/{stem}.mp4")
-                _write_mp4(row["video"], audio, sample_rate, row["mp4"])
-            record_audio(row["duration_s"])
-        except MEDIA_ERRORS as err:
-            _fail(row, "write", err)
-    row["write_s"] = time.perf_counter() - start
-    row["finished_at"] = time.time()
-    if not math.isfinite(row["duration_s"]):
-        row["duration_s"] = None  # unknown: the video could not be probed
-    record_stage("write", [row["status"]], row["write_s"])
-    return row
-
-
-def _write_mp4(video_uri: str, audio: np.ndarray, sample_rate: int, out_uri: str) -> None:
-    fs, path = fsspec.core.url_to_fs(out_uri)
-    fs.makedirs(os.path.dirname(path), exist_ok=True)
-    with local_copy(video_uri, suffix=os.path.splitext(video_uri)[1]) as src:
-        if fs.protocol in ("file", ("file", "local")):
-            mux(src, audio, sample_rate, path)
-            return
-        local = f"/tmp/{uuid.uuid4().hex}.mp4"
-        try:
-            mux(src, audio, sample_rate, local)
-            fs.put(local, path + ".tmp")
-            fs.mv(path + ".tmp", path)
-        finally:
-            if os.path.exists(local):
-                os.remove(local)
 
 
 # ---- the driver -------------------------------------------------------------------------------------------

@@ -23,19 +23,12 @@ from safetensors import safe_open
 
 from model.build import Bundle
 from model.config import VideoRobinConfig
-from model.io import (
-    local_copy,
-    read_bytes,
-    read_safetensors,
-    uri_exists,
-    uri_join,
-    write_bytes_atomic,
-    write_safetensors,
-)
+from model.io import local_copy, read_bytes, uri_exists, uri_join, write_bytes_atomic
 from model.text import HFTokenizer, load_tokenizer
 from model.vae import OobleckVAE
 from model.videorobin import VideoRobin
 from model.vision import ClipEncoder
+from model.weights import read_safetensors, write_safetensors
 
 TOKENIZER_DIR = "tokenizer"
 

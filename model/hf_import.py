@@ -13,7 +13,8 @@ import re
 import torch
 
 from model.config import SemanticLMConfig
-from model.io import open_uri, read_safetensors, uri_exists, uri_join
+from model.io import open_uri, uri_exists, uri_join
+from model.weights import read_safetensors
 
 SUPPORTED_TYPES = ("llama", "qwen2", "mistral")
 

@@ -1,7 +1,8 @@
 """Reading and writing files at local paths or fsspec URIs (s3://, gs://, memory://, ...).
 
 Writes go to a temporary name beside the target and are renamed into place, so a crash never leaves a
-half-written file under its final name.
+half-written file under its final name. Torch-free, so media workers import it cheaply (`model/weights.py`
+holds the tensor files).
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import fsspec
-import torch
-from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save as save_safetensors_bytes
 
 
 def _is_local(fs) -> bool:
@@ -51,15 +49,6 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     with fs.open(tmp, "wb") as f:
         f.write(data)
     fs.mv(tmp, path)
-
-
-def read_safetensors(uri: str) -> dict[str, torch.Tensor]:
-    return load_safetensors_bytes(read_bytes(uri))
-
-
-def write_safetensors(uri: str, tensors: dict[str, torch.Tensor]) -> None:
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    write_bytes_atomic(uri, save_safetensors_bytes(tensors))
 
 
 @contextmanager

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from model.config import OobleckDecoderConfig, OobleckEncoderConfig, VAEConfig
-from model.io import open_uri, read_bytes, read_safetensors
+from model.io import open_uri, read_bytes
+from model.weights import read_safetensors
 
 RESIDUAL_DILATIONS = (1, 3, 9)
 

@@ -19,7 +19,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def ray_address(tmp_path_factory):
+def metrics_port() -> int:
+    """Where the session cluster serves Prometheus metrics (an OS-chosen port, above Ray's worker ports)."""
+    return _free_port()
+
+
+@pytest.fixture(scope="session")
+def ray_address(tmp_path_factory, metrics_port):
+    """The address of the session's cluster."""
     env = {**os.environ, **RAY_ENV}
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     port = _free_port()
@@ -33,6 +40,7 @@ def ray_address(tmp_path_factory):
             "--num-cpus=4",
             "--include-dashboard=false",
             "--disable-usage-stats",
+            f"--metrics-export-port={metrics_port}",
             f"--temp-dir={tmp_path_factory.mktemp('ray')}",
         ],
         check=True,

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import av
 import numpy as np
@@ -184,3 +185,20 @@ def test_a_killed_job_rerun_ends_with_every_video_written_once(library, ray_addr
     assert not _leftovers(out) and not (out / "parts").exists()
     for row in manifest[:12]:
         assert abs(sf.info(row["audio"]).duration - DURATIONS[int(row["id"][4:])]) <= HOP_S
+
+
+def test_the_jobs_metrics_reach_prometheus(first_run, metrics_port):
+    deadline, text = time.time() + 60, ""
+    while time.time() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        if "ray_videorobin_score_videos_total{" in text and "ray_videorobin_score_stage_seconds_bucket" in text:
+            break
+        time.sleep(2)
+    written = [
+        line
+        for line in text.splitlines()
+        if line.startswith("ray_videorobin_score_videos_total{") and 'stage="write"' in line and 'status="ok"' in line
+    ]
+    assert written and sum(float(line.rsplit(" ", 1)[1]) for line in written) >= 12
+    assert "ray_videorobin_score_audio_seconds_total" in text

@@ -1,0 +1,91 @@
+"""The CPU-task stages of `videorobin score`: probe + sample frames, and write outputs.
+
+Kept free of torch and the model so the many short-lived task workers start quickly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+
+import fsspec
+import numpy as np
+
+from jobs.catalogue import output_stem
+from jobs.metrics import record_audio, record_stage
+from model.io import local_copy, uri_join
+from model.media import MediaError, mux, probe_video, sample_frames, write_audio
+
+MEDIA_ERRORS = (MediaError, ValueError, OSError)
+HEAVY = ("frames", "features", "latents", "audio")  # per-row arrays that never reach the manifest
+
+
+def _fail(row: dict, stage: str, err: BaseException) -> dict:
+    row["status"], row["error"] = "failed", f"{stage}: {' '.join(str(err).split()) or type(err).__name__}"
+    return row
+
+
+def probe_and_sample(row: dict, fps: float, image_size: int, max_frames: int, max_duration_s: float) -> dict:
+    """Read the video header and the frames the model will see; a bad video becomes a failed row."""
+    start = time.perf_counter()
+    row |= {"status": "ok", "error": "", "frames": np.zeros((0, image_size, image_size, 3), np.uint8)}
+    try:
+        with local_copy(row["video"], suffix=os.path.splitext(row["video"])[1]) as path:
+            info = probe_video(path)
+            duration = row["duration"] if row["duration"] is not None else info.duration_s
+            if duration > max_duration_s:
+                raise MediaError(f"{duration:.1f} s is longer than the limit of {max_duration_s:.0f} s")
+            row["duration_s"] = float(duration)
+            if fps > 0:
+                row["frames"] = sample_frames(path, fps, image_size, duration, max_frames)
+    except MEDIA_ERRORS as err:
+        row["duration_s"] = float("nan")
+        _fail(row, "probe", err)
+    row["probe_s"] = time.perf_counter() - start
+    record_stage("probe", [row["status"]], row["probe_s"])
+    return row
+
+
+def write_outputs(row: dict, out: str, fmt: str, do_mux: bool, sample_rate: int, model_id: str) -> dict:
+    """Write the audio (and muxed mp4) under their final names; return the manifest row."""
+    start = time.perf_counter()
+    audio = np.asarray(row.pop("audio"))
+    for key in (*HEAVY, "duration"):  # only manifest columns leave this stage
+        row.pop(key, None)
+    stem = output_stem(row["id"])
+    row |= {"audio": "", "mp4": "", "checkpoint": model_id}
+    if row["status"] == "ok":
+        try:
+            row["audio"] = uri_join(out, f"audio/{stem}.{fmt}")
+            write_audio(row["audio"], audio, sample_rate, fmt)
+            if do_mux:
+                row["mp4"] = uri_join(out, f"mp4/{stem}.mp4")
+                _write_mp4(row["video"], audio, sample_rate, row["mp4"])
+            record_audio(row["duration_s"])
+        except MEDIA_ERRORS as err:
+            _fail(row, "write", err)
+    row["write_s"] = time.perf_counter() - start
+    row["finished_at"] = time.time()
+    if not math.isfinite(row["duration_s"]):
+        row["duration_s"] = None  # unknown: the video could not be probed
+    record_stage("write", [row["status"]], row["write_s"])
+    return row
+
+
+def _write_mp4(video_uri: str, audio: np.ndarray, sample_rate: int, out_uri: str) -> None:
+    fs, path = fsspec.core.url_to_fs(out_uri)
+    fs.makedirs(os.path.dirname(path), exist_ok=True)
+    with local_copy(video_uri, suffix=os.path.splitext(video_uri)[1]) as src:
+        if fs.protocol in ("file", ("file", "local")):
+            mux(src, audio, sample_rate, path)
+            return
+        local = f"/tmp/{uuid.uuid4().hex}.mp4"
+        try:
+            mux(src, audio, sample_rate, local)
+            fs.put(local, path + ".tmp")
+            fs.mv(path + ".tmp", path)
+        finally:
+            if os.path.exists(local):
+                os.remove(local)

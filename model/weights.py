@@ -1,0 +1,18 @@
+"""safetensors files at local paths or fsspec URIs, written atomically (see model/io.py)."""
+
+from __future__ import annotations
+
+import torch
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from model.io import read_bytes, write_bytes_atomic
+
+
+def read_safetensors(uri: str) -> dict[str, torch.Tensor]:
+    return load_safetensors_bytes(read_bytes(uri))
+
+
+def write_safetensors(uri: str, tensors: dict[str, torch.Tensor]) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    write_bytes_atomic(uri, save_safetensors_bytes(tensors))

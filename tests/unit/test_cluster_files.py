@@ -1,0 +1,48 @@
+"""cluster/ and dashboards/ are data: check they parse, name real flags and real metrics, and pin our Ray."""
+
+import json
+import pathlib
+import re
+import shlex
+
+import ray
+import yaml
+
+from jobs import metrics
+from jobs.cli import build_parser
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+RAY_DATA_SOURCES = ["data/_internal/stats.py", "data/_internal/execution/interfaces/op_runtime_metrics.py"]
+
+
+def _pinned_ray() -> str:
+    return re.search(r'"ray\[[^\]]*\]==([0-9.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+
+
+def test_rayjob_manifests_pin_our_ray_and_run_commands_our_cli_accepts():
+    manifests = sorted((ROOT / "cluster").glob("*rayjob*.yaml"))
+    assert manifests
+    for path in manifests:
+        doc = yaml.safe_load(path.read_text())
+        assert doc["kind"] == "RayJob" and doc["apiVersion"] == "ray.io/v1"
+        assert doc["spec"]["rayClusterSpec"]["rayVersion"] == _pinned_ray() == ray.__version__
+        argv = shlex.split(doc["spec"]["entrypoint"])
+        assert argv[0] == "videorobin"
+        build_parser().parse_args(argv[1:])  # raises on an unknown flag
+
+
+def test_dashboards_name_only_metrics_that_exist():
+    ours = {getattr(metrics, n) for n in dir(metrics) if n.startswith("SCORE_")}
+    ray_root = pathlib.Path(ray.__file__).parent
+    ray_source = "".join((ray_root / p).read_text() for p in RAY_DATA_SOURCES)
+    for path in sorted((ROOT / "dashboards").glob("*.json")):
+        exprs = [t["expr"] for p in json.loads(path.read_text())["panels"] for t in p["targets"]]
+        names = {n for e in exprs for n in re.findall(r"\b(ray_[a-z_]+)", e)}
+        assert names, path
+        for name in names:
+            base = re.sub(r"_(total|bucket|sum|count)$", "", name.removeprefix("ray_"))
+            if base.startswith("videorobin_"):
+                assert base in ours, f"{path.name}: {name} is not defined in jobs/metrics.py"
+            else:
+                field = base.removeprefix("data_")
+                assert f'"{base}"' in ray_source or f"    {field}:" in ray_source, f"{path.name}: unknown {name}"
