@@ -212,15 +212,30 @@ def _manifest_files(out: str) -> list[str]:
     return ([main] if uri_exists(main) else []) + [unstrip(p) for p in parts]
 
 
+def _actor_stage(
+    ds: ray.data.Dataset, cls: type, batch: int, actors: int, gpus: float, cpus: float, **kwargs
+) -> ray.data.Dataset:
+    return ds.map_batches(
+        cls,
+        batch_size=batch,
+        batch_format="numpy",
+        num_cpus=cpus,
+        num_gpus=gpus,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        fn_constructor_kwargs={"gpus": gpus, **kwargs},
+    )
+
+
 def build_pipeline(cfg: ScoreConfig, rows: list[dict], model_id: str) -> ray.data.Dataset:
     model_cfg = read_config(cfg.checkpoint)
     vision = model_cfg.vision
     image_size = vision.tower.image_size if vision is not None and vision.tower is not None else 224
-    actor = {"num_cpus": cfg.actor_cpus}
+    tasks = ray.data.TaskPoolStrategy(size=cfg.probe_tasks)  # each probe decodes a video: bound them
     ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / cfg.rows_per_block)))
     ds = ds.map(
         probe_and_sample,
         num_cpus=cfg.probe_cpus,
+        compute=tasks,
         fn_kwargs={
             "fps": vision.fps if vision is not None else 0.0,
             "image_size": image_size,
@@ -228,43 +243,30 @@ def build_pipeline(cfg: ScoreConfig, rows: list[dict], model_id: str) -> ray.dat
             "max_duration_s": cfg.max_duration_s,
         },
     )
-    ds = ds.map_batches(
-        EncodeFrames,
-        batch_size=cfg.encode_batch,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.encode_actors),
-        num_gpus=cfg.encode_gpus,
-        fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "gpus": cfg.encode_gpus},
-        **actor,
+    ckpt = cfg.checkpoint
+    ds = _actor_stage(
+        ds, EncodeFrames, cfg.encode_batch, cfg.encode_actors, cfg.encode_gpus, cfg.actor_cpus, checkpoint=ckpt
     )
-    ds = ds.map_batches(
+    ds = _actor_stage(
+        ds,
         GenerateLatents,
-        batch_size=cfg.generate_batch,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.generate_actors),
-        num_gpus=cfg.generate_gpus,
-        fn_constructor_kwargs={
-            "checkpoint": cfg.checkpoint,
-            "gpus": cfg.generate_gpus,
-            "max_batch": cfg.generate_batch,
-            "steps": cfg.steps,
-            "guidance": cfg.guidance,
-            "max_duration_s": cfg.max_duration_s,
-        },
-        **actor,
+        cfg.generate_batch,
+        cfg.generate_actors,
+        cfg.generate_gpus,
+        cfg.actor_cpus,
+        checkpoint=ckpt,
+        max_batch=cfg.generate_batch,
+        steps=cfg.steps,
+        guidance=cfg.guidance,
+        max_duration_s=cfg.max_duration_s,
     )
-    ds = ds.map_batches(
-        DecodeAudio,
-        batch_size=cfg.decode_batch,
-        batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=cfg.decode_actors),
-        num_gpus=cfg.decode_gpus,
-        fn_constructor_kwargs={"checkpoint": cfg.checkpoint, "gpus": cfg.decode_gpus},
-        **actor,
+    ds = _actor_stage(
+        ds, DecodeAudio, cfg.decode_batch, cfg.decode_actors, cfg.decode_gpus, cfg.actor_cpus, checkpoint=ckpt
     )
     return ds.map(
         write_outputs,
         num_cpus=cfg.probe_cpus,
+        compute=tasks,
         fn_kwargs={
             "out": cfg.out,
             "fmt": cfg.format,
