@@ -182,6 +182,18 @@ def _score(args) -> dict:
     return {**summary, "exit_status": 1 if summary["failed"] else 0}
 
 
+def _make_dataset(args) -> dict:
+    from jobs.dataset import RenderError, make_dataset
+
+    if args.clips < 1 or args.duration <= 0:
+        raise CLIError("--clips must be >= 1 and --duration > 0")
+    try:
+        manifest = make_dataset(args.out, args.clips, args.duration, args.soundfont)
+    except RenderError as err:
+        raise CLIError(str(err)) from None
+    return {"manifest": manifest, "clips": args.clips}
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint directory (local path or fsspec URI)")
     p.add_argument("--preset", default="tiny", help="preset or config file when no --checkpoint (tiny, paper)")
@@ -231,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--probe-tasks", type=int, default=4, help="concurrent probe/write tasks")
     score.add_argument("--rows-per-block", type=int, default=4, help="rows per block: the unit of resume")
     score.set_defaults(run=_score)
+
+    data = sub.add_parser("make-dataset", help="a small real dataset: music21 scores rendered with a GM soundfont")
+    data.add_argument("--out", required=True, help="output directory")
+    data.add_argument("--clips", type=int, required=True)
+    data.add_argument("--duration", type=float, default=10.0, help="seconds per clip")
+    data.add_argument("--soundfont", help="a General MIDI .sf2 (default: the system's GM soundfont)")
+    data.set_defaults(run=_make_dataset)
 
     info = sub.add_parser("info", help="parameter counts per component")
     info.add_argument("--preset", default="paper")
