@@ -62,13 +62,28 @@ def output_stem(video_id: str) -> str:
     return safe if safe == video_id else f"{safe}-{zlib.crc32(video_id.encode()):08x}"
 
 
-def _read_table(uri: str) -> pa.Table:
+def _parse_table(uri: str) -> pa.Table:
     data = read_bytes(uri)
     if uri.endswith(".parquet"):
         return pq.read_table(io.BytesIO(data))
     if uri.endswith(".csv"):
         return pacsv.read_csv(io.BytesIO(data))
     return pajson.read_json(io.BytesIO(data))
+
+
+def read_table(uri: str) -> list[dict]:
+    """The rows of a .parquet/.csv/.jsonl manifest at any fsspec URI; CatalogueError when unusable."""
+    if not uri.endswith(CATALOGUE_SUFFIXES):
+        raise CatalogueError(f"{uri}: a manifest is .parquet, .csv or .jsonl")
+    try:
+        rows = _parse_table(uri).to_pylist()
+    except FileNotFoundError:
+        raise CatalogueError(f"{uri}: no such manifest") from None
+    except pa.ArrowInvalid as err:
+        raise CatalogueError(f"{uri}: unreadable manifest ({' '.join(str(err).split())[:200]})") from None
+    if not rows:
+        raise CatalogueError(f"{uri}: the manifest is empty")
+    return rows
 
 
 def _glob_rows(pattern: str) -> list[dict]:
@@ -85,19 +100,14 @@ def _glob_rows(pattern: str) -> list[dict]:
 def read_catalogue(uri: str, default_prompt: str | None) -> list[dict]:
     """Rows with `id`, `video`, `prompt` (default: `default_prompt`, else the static prompt), `seed` (default: a
     hash of the id) and `duration` (None: the video's)."""
-    try:
-        if globlib.has_magic(uri):
-            raw = _glob_rows(uri)
-        elif uri.endswith(CATALOGUE_SUFFIXES):
-            raw = _read_table(uri).to_pylist()
-        else:
-            raise CatalogueError(f"{uri}: a catalogue is a .parquet/.csv/.jsonl manifest or a glob like dir/*.mp4")
-    except FileNotFoundError:
-        raise CatalogueError(f"{uri}: no such catalogue") from None
-    except pa.ArrowInvalid as err:
-        raise CatalogueError(f"{uri}: unreadable catalogue ({' '.join(str(err).split())[:200]})") from None
-    if not raw:
-        raise CatalogueError(f"{uri}: the catalogue is empty")
+    if globlib.has_magic(uri):
+        raw = _glob_rows(uri)
+        if not raw:
+            raise CatalogueError(f"{uri}: the glob matches no file")
+    elif uri.endswith(CATALOGUE_SUFFIXES):
+        raw = read_table(uri)
+    else:
+        raise CatalogueError(f"{uri}: a catalogue is a .parquet/.csv/.jsonl manifest or a glob like dir/*.mp4")
     missing = {"id", "video"} - set(raw[0])
     if missing:
         raise CatalogueError(f"{uri}: missing column(s) {', '.join(sorted(missing))}")

@@ -194,6 +194,32 @@ def _make_dataset(args) -> dict:
     return {"manifest": manifest, "clips": args.clips}
 
 
+def _prepare(args) -> dict:
+    from jobs.catalogue import CatalogueError
+    from jobs.prepare import PrepareConfig, run
+    from model.checkpoint import read_config
+    from model.config import load_config
+
+    model = read_config(args.checkpoint) if args.checkpoint else load_config(args.preset, args.set)
+    cfg = PrepareConfig(
+        manifest=args.manifest,
+        out=args.out,
+        model=model,
+        checkpoint=args.checkpoint,
+        address=args.address,
+        rows_per_shard=args.rows_per_shard,
+        encode_actors=args.encode_actors,
+        encode_batch=args.encode_batch,
+        encode_gpus=args.encode_gpus,
+        actor_cpus=args.actor_cpus,
+    )
+    try:
+        summary = run(cfg)
+    except CatalogueError as err:
+        raise CLIError(str(err)) from None
+    return {**summary, "exit_status": 1 if summary["failed"] else 0}
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="checkpoint directory (local path or fsspec URI)")
     p.add_argument("--preset", default="tiny", help="preset or config file when no --checkpoint (tiny, paper)")
@@ -250,6 +276,28 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--duration", type=float, default=10.0, help="seconds per clip")
     data.add_argument("--soundfont", help="a General MIDI .sf2 (default: the system's GM soundfont)")
     data.set_defaults(run=_make_dataset)
+
+    prep = sub.add_parser("prepare", help="training manifest -> Parquet shards of latents, CLIP features, tokens")
+    prep.add_argument(
+        "--manifest", required=True, help="JSONL/CSV/Parquet with id, audio, caption[, video, start, duration]"
+    )
+    prep.add_argument("--out", required=True, help="output directory or fsspec URI")
+    prep.add_argument("--checkpoint", help="take the frozen VAE/CLIP/tokenizer from this checkpoint")
+    prep.add_argument("--preset", default="tiny", help="else: the model config whose encoders to use")
+    prep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, e.g. vae.checkpoint=URI vision.clip_checkpoint=URI",
+    )
+    prep.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    prep.add_argument("--rows-per-shard", type=int, default=256)
+    prep.add_argument("--encode-actors", type=int, default=1)
+    prep.add_argument("--encode-batch", type=int, default=8)
+    prep.add_argument("--encode-gpus", type=float, default=0.0)
+    prep.add_argument("--actor-cpus", type=float, default=0.5)
+    prep.set_defaults(run=_prepare)
 
     info = sub.add_parser("info", help="parameter counts per component")
     info.add_argument("--preset", default="paper")

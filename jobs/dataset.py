@@ -4,7 +4,8 @@ Real scores from music21's bundled corpus are cut to excerpts, given a known tem
 and a General MIDI instrument, exported to MIDI and rendered to 48 kHz stereo with fluidsynth and a GM
 soundfont. Every render is bounded in time and in bytes: fluidsynth has been seen writing without end
 on some MIDI files. Each clip gets a synthetic video whose cuts fall on the bar lines, and a caption that
-states the real attributes; the manifest keeps them as ground truth.
+states the real attributes; the manifest keeps them as ground truth. The key is music21's analysis of the
+excerpt's score (Krumhansl-Schmuckler), not its key signature, which chorales often write modally.
 
     DIR/audio/<id>.wav  DIR/video/<id>.mp4  DIR/midi/<id>.mid  DIR/manifest.jsonl
 """
@@ -135,6 +136,11 @@ def _excerpt(piece: Piece, bpm: int, seconds: float):
     return score, excerpt, signature, bar_beats
 
 
+def spell_key(key) -> str:
+    """A music21 Key as a caption spells it: "A-flat major", "F-sharp minor"."""
+    return f"{key.tonic.name.replace('-', '-flat ').replace('#', '-sharp ').strip()} {key.mode}"
+
+
 def make_clip(piece: Piece, bpm: int, seconds: float, clip_id: str, out: str, soundfont: str) -> dict:
     _, excerpt, signature, bar_beats = _excerpt(piece, bpm, seconds)
     key = excerpt.analyze("key")
@@ -149,7 +155,7 @@ def make_clip(piece: Piece, bpm: int, seconds: float, clip_id: str, out: str, so
     bar_s = 60.0 / bpm * bar_beats
     video_path = os.path.join(out, "video", f"{clip_id}.mp4")
     write_sample_video(video_path, seconds, cut_every_s=bar_s)  # a cut on every bar line
-    key_name = f"{key.tonic.name.replace('-', '-flat ').replace('#', '-sharp ').strip()} {key.mode}"
+    key_name = spell_key(key)
     caption = (
         f"{piece.style.capitalize()} for {piece.instrument_label} by {piece.composer}, in {key_name}, "
         f"{bpm} BPM, {time_signature} time."

@@ -24,7 +24,7 @@ from safetensors import safe_open
 from model.build import Bundle
 from model.config import VideoRobinConfig
 from model.io import local_copy, read_bytes, uri_exists, uri_join, write_bytes_atomic
-from model.text import HFTokenizer, load_tokenizer
+from model.text import HFTokenizer, Tokenizer, load_tokenizer
 from model.vae import OobleckVAE
 from model.videorobin import VideoRobin
 from model.vision import ClipEncoder
@@ -76,11 +76,16 @@ def load_bundle(uri: str, device: torch.device | str = "cpu") -> Bundle:
     set_latent_stats(model, torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
     vae = OobleckVAE(cfg.vae)
     vae.load_state_dict(read_safetensors(uri_join(uri, "vae.safetensors")), strict=True)
+    return Bundle(cfg, model, vae, load_bundle_tokenizer(uri, cfg)).to(device)
+
+
+def load_bundle_tokenizer(uri: str, cfg: VideoRobinConfig | None = None) -> Tokenizer:
+    """The prompt tokenizer a checkpoint was saved with (its files travel in `tokenizer/`)."""
+    cfg = cfg or read_config(uri)
     text = cfg.text
     if text.tokenizer is not None and _is_relative(text.tokenizer):
         text = text.model_copy(update={"tokenizer": uri_join(uri, text.tokenizer)})
-    tokenizer = load_tokenizer(text, cfg.semantic_lm.vocab_size)
-    return Bundle(cfg, model, vae, tokenizer).to(device)
+    return load_tokenizer(text, cfg.semantic_lm.vocab_size)
 
 
 def load_clip(uri: str, device: torch.device | str = "cpu") -> ClipEncoder:

@@ -89,8 +89,11 @@ def _decoded_duration(container, stream, path: str, fps: float) -> float:
     return (last or 0.0) + 1.0 / fps
 
 
-def sample_frames(path: str, fps: float, size: int, duration_s: float, max_frames: int) -> np.ndarray:
-    """The frames on screen at t = k / fps for k < ceil(duration x fps), CLIP-style resized and centre-cropped.
+def sample_frames(
+    path: str, fps: float, size: int, duration_s: float, max_frames: int, start_s: float = 0.0
+) -> np.ndarray:
+    """The frames on screen at t = start + k / fps for k < ceil(duration x fps), CLIP-style resized and
+    centre-cropped.
 
     Frames are decoded in order and only the sampled ones are converted, so memory holds one clip's
     samples, never the whole video.
@@ -99,7 +102,7 @@ def sample_frames(path: str, fps: float, size: int, duration_s: float, max_frame
         (F, size, size, 3) uint8 RGB.
     """
     count = min(max_frames, max(1, math.ceil(round(duration_s * fps, 6))))
-    targets = [k / fps for k in range(count)]
+    targets = [start_s + k / fps for k in range(count)]
     picked: list[np.ndarray] = []
     with _open(path) as container:
         stream = _video_stream(container, path)

@@ -62,7 +62,7 @@ def test_bad_catalogues_are_refused_with_a_reason(tmp_path, content, message):
 
 
 def test_missing_catalogue_and_unknown_kind(tmp_path):
-    with pytest.raises(CatalogueError, match="no such catalogue"):
+    with pytest.raises(CatalogueError, match="no such manifest"):
         read_catalogue(str(tmp_path / "nope.parquet"), None)
     with pytest.raises(CatalogueError, match="manifest or a glob"):
         read_catalogue(str(tmp_path / "videos.txt"), None)

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from jobs.dataset import RenderError, find_soundfont, render_midi
+from jobs.dataset import RenderError, find_soundfont, render_midi, spell_key
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("dataset")
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.cli", "make-dataset", "--out", str(out), "--clips", "3", "--duration", "3"],
+        [sys.executable, "-m", "jobs.cli", "make-dataset", "--out", str(out), "--clips", "8", "--duration", "2"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -29,14 +29,14 @@ def dataset(tmp_path_factory):
 
 def test_each_clip_has_real_audio_a_video_and_a_caption_stating_its_attributes(dataset):
     out, rows = dataset
-    assert [r["id"] for r in rows] == ["clip0000", "clip0001", "clip0002"]
-    assert len({r["tempo_bpm"] for r in rows}) == 3 and len({r["composer"] for r in rows}) == 2
+    assert [r["id"] for r in rows] == [f"clip{i:04d}" for i in range(8)]
+    assert len({r["tempo_bpm"] for r in rows}) == 8 and len({r["composer"] for r in rows}) == 5
     for row in rows:
         audio, sr = sf.read(row["audio"], always_2d=True)
-        assert sr == 48000 and audio.shape == (3 * 48000, 2)
+        assert sr == 48000 and audio.shape == (2 * 48000, 2)
         assert np.sqrt((audio**2).mean()) > 0.005  # music, not silence
         with av.open(row["video"]) as c:
-            assert abs(float(c.streams.video[0].duration * c.streams.video[0].time_base) - 3.0) < 0.05
+            assert abs(float(c.streams.video[0].duration * c.streams.video[0].time_base) - 2.0) < 0.05
         for fact in (f"{row['tempo_bpm']} BPM", row["key"], row["time_signature"], row["composer"]):
             assert fact in row["caption"]
 
@@ -50,8 +50,9 @@ def test_ground_truth_matches_the_midi_that_was_rendered(dataset):
         beats_per_minute = {round(mido.tempo2bpm(t)) for t in tempos}
         quarter_bpm = row["tempo_bpm"] * (1.5 if row["time_signature"].endswith("/8") else 1.0)
         assert beats_per_minute == {round(quarter_bpm)}, row["id"]
-        key = converter.parse(row["midi"]).analyze("key")
-        assert key.mode in row["key"] and key.tonic.name[0] == row["key"][0], (row["id"], key, row["key"])
+        key = converter.parse(row["midi"]).analyze("key")  # from the rendered notes, without the notation
+        candidates = [spell_key(k) for k in [key, *key.alternateInterpretations[:2]]]
+        assert row["key"] in candidates, (row["id"], row["key"], candidates)
 
 
 def test_renders_are_bounded_however_long_the_midi(tmp_path):

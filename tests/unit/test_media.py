@@ -23,6 +23,12 @@ def test_frames_are_sampled_at_the_requested_rate_and_follow_the_cuts(videos):
     assert np.abs(corner[0] - corner[3]).max() > 12
 
 
+def test_frames_can_start_inside_the_video(videos):
+    whole = sample_frames(videos["short"], fps=5.0, size=16, duration_s=1.0, max_frames=100)
+    late = sample_frames(videos["short"], fps=5.0, size=16, duration_s=0.6, max_frames=100, start_s=0.4)
+    assert late.shape[0] == 3 and np.array_equal(late, whole[2:5])
+
+
 def test_frames_past_the_end_repeat_the_last_frame(videos):
     frames = sample_frames(videos["short"], fps=5.0, size=16, duration_s=2.0, max_frames=100)
     assert frames.shape[0] == 10 and np.array_equal(frames[-1], frames[-3])
