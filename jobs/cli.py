@@ -151,25 +151,12 @@ def _score(args) -> dict:
                 "no --checkpoint: scoring with randomly initialised %s weights (saved to %s)", args.preset, checkpoint
             )
             save_bundle(build_bundle(load_config(args.preset, args.set)), checkpoint)
-    stage_flags = {
-        k: getattr(args, k)
-        for k in ScoreConfig.model_fields
-        if k.split("_")[0] in ("encode", "generate", "decode", "actor", "probe", "rows")
+    flags = _job_flags(args, ScoreConfig) | {
+        "checkpoint": checkpoint,
+        "guidance": args.cfg,
+        "max_duration_s": args.max_duration,
     }
-    cfg = ScoreConfig(
-        catalogue=args.catalogue,
-        out=args.out,
-        checkpoint=checkpoint,
-        default_prompt=args.default_prompt,
-        format=args.format,
-        mux=args.mux,
-        address=args.address,
-        steps=args.steps,
-        guidance=args.cfg,
-        max_duration_s=args.max_duration,
-        skip_failed=args.skip_failed,
-        **stage_flags,
-    )
+    cfg = ScoreConfig(**flags)
     try:
         summary = run(cfg)
     except CatalogueError as err:
@@ -201,23 +188,26 @@ def _prepare(args) -> dict:
     from model.config import load_config
 
     model = read_config(args.checkpoint) if args.checkpoint else load_config(args.preset, args.set)
-    cfg = PrepareConfig(
-        manifest=args.manifest,
-        out=args.out,
-        model=model,
-        checkpoint=args.checkpoint,
-        address=args.address,
-        rows_per_shard=args.rows_per_shard,
-        encode_actors=args.encode_actors,
-        encode_batch=args.encode_batch,
-        encode_gpus=args.encode_gpus,
-        actor_cpus=args.actor_cpus,
-    )
+    cfg = PrepareConfig(**_job_flags(args, PrepareConfig), model=model)
     try:
         summary = run(cfg)
     except CatalogueError as err:
         raise CLIError(str(err)) from None
     return {**summary, "exit_status": 1 if summary["failed"] else 0}
+
+
+def _pool_args(p: argparse.ArgumentParser, stages: tuple[tuple[str, int], ...]) -> None:
+    """Sizing flags of a Ray Data job's actor pools: --<stage>-actors/-batch/-gpus and --actor-cpus."""
+    for stage, batch in stages:
+        p.add_argument(f"--{stage}-actors", type=int, default=1, help=f"{stage} actor pool size")
+        p.add_argument(f"--{stage}-batch", type=int, default=batch, help=f"rows per {stage} batch")
+        p.add_argument(f"--{stage}-gpus", type=float, default=0.0, help=f"GPUs per {stage} actor")
+    p.add_argument("--actor-cpus", type=float, default=0.5, help="CPUs per actor (keep <= 0.5 on tiny clusters)")
+
+
+def _job_flags(args, config_cls) -> dict:
+    """The parsed flags that are fields of a job's config, by name (e.g. --encode-batch -> encode_batch)."""
+    return {k: getattr(args, k) for k in config_cls.model_fields if hasattr(args, k)}
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -260,11 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--address", help="Ray cluster address (default: start a local one)")
     score.add_argument("--skip-failed", action="store_true", help="on a rerun, do not retry failed rows")
     _model_args(score)
-    for stage, actors, batch in (("encode", 1, 8), ("generate", 1, 8), ("decode", 1, 4)):
-        score.add_argument(f"--{stage}-actors", type=int, default=actors, help=f"{stage} actor pool size")
-        score.add_argument(f"--{stage}-batch", type=int, default=batch, help=f"rows per {stage} batch")
-        score.add_argument(f"--{stage}-gpus", type=float, default=0.0, help=f"GPUs per {stage} actor")
-    score.add_argument("--actor-cpus", type=float, default=0.5, help="CPUs per actor (keep <= 0.5 on tiny clusters)")
+    _pool_args(score, (("encode", 8), ("generate", 8), ("decode", 4)))
     score.add_argument("--probe-cpus", type=float, default=0.25, help="CPUs per probe/write task")
     score.add_argument("--probe-tasks", type=int, default=4, help="concurrent probe/write tasks")
     score.add_argument("--rows-per-block", type=int, default=4, help="rows per block: the unit of resume")
@@ -293,10 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prep.add_argument("--address", help="Ray cluster address (default: start a local one)")
     prep.add_argument("--rows-per-shard", type=int, default=256)
-    prep.add_argument("--encode-actors", type=int, default=1)
-    prep.add_argument("--encode-batch", type=int, default=8)
-    prep.add_argument("--encode-gpus", type=float, default=0.0)
-    prep.add_argument("--actor-cpus", type=float, default=0.5)
+    _pool_args(prep, (("encode", 8),))
     prep.set_defaults(run=_prepare)
 
     info = sub.add_parser("info", help="parameter counts per component")
