@@ -13,14 +13,13 @@ import os
 import re
 import zlib
 
-import fsspec
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from model.config import STATIC_PROMPT
-from model.io import read_bytes, write_bytes_atomic
+from model.io import glob_uris, read_bytes, write_bytes_atomic
 
 CATALOGUE_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -87,14 +86,7 @@ def read_table(uri: str) -> list[dict]:
 
 
 def _glob_rows(pattern: str) -> list[dict]:
-    fs, path = fsspec.core.url_to_fs(pattern)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    matches = sorted(fs.glob(path))
-    rows = []
-    for match in matches:
-        uri = match if protocol in ("file", "local") else f"{protocol}://{match}"
-        rows.append({"id": os.path.splitext(os.path.basename(match))[0], "video": uri})
-    return rows
+    return [{"id": os.path.splitext(os.path.basename(uri))[0], "video": uri} for uri in glob_uris(pattern)]
 
 
 def read_catalogue(uri: str, default_prompt: str | None) -> list[dict]:

@@ -32,11 +32,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.catalogue import read_catalogue, read_manifests, write_manifest
 from jobs.metrics import record_stage
-from jobs.score_tasks import probe_and_sample, write_outputs
+from jobs.score_tasks import error_text, probe_and_sample, write_outputs
 from model.checkpoint import checkpoint_id, load_bundle, load_clip, load_vae_from_checkpoint, read_config
 from model.engine import Engine, GenerationParams
 from model.engine.engine import decode_latents
-from model.io import uri_exists, uri_join
+from model.io import glob_uris, uri_exists, uri_join
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +185,7 @@ class DecodeAudio:
 
 
 def _fail_in_batch(batch: dict, i: int, stage: str, err: BaseException) -> None:
-    batch["status"][i] = "failed"
-    batch["error"][i] = f"{stage}: {' '.join(str(err).split())}"
+    batch["status"][i], batch["error"][i] = "failed", error_text(stage, err)
 
 
 # ---- the driver -------------------------------------------------------------------------------------------
@@ -204,12 +203,8 @@ def _remove_leftovers(out: str) -> int:
 
 
 def _manifest_files(out: str) -> list[str]:
-    fs, root = fsspec.core.url_to_fs(out)
-    parts = sorted(fs.glob(f"{root.rstrip('/')}/parts/*.parquet"))
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    unstrip = (lambda p: p) if protocol in ("file", "local") else (lambda p: f"{protocol}://{p}")  # noqa: E731
     main = uri_join(out, "manifest.parquet")
-    return ([main] if uri_exists(main) else []) + [unstrip(p) for p in parts]
+    return ([main] if uri_exists(main) else []) + glob_uris(uri_join(out, "parts/*.parquet"))
 
 
 def _actor_stage(

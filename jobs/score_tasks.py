@@ -7,23 +7,27 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 import time
-import uuid
 
-import fsspec
 import numpy as np
 
 from jobs.catalogue import output_stem
 from jobs.metrics import record_audio, record_stage
-from model.io import local_copy, uri_join
+from model.io import is_local_uri, local_copy, uri_join, write_bytes_atomic
 from model.media import MediaError, mux, probe_video, sample_frames, write_audio
 
 MEDIA_ERRORS = (MediaError, ValueError, OSError)
 HEAVY = ("frames", "features", "latents", "audio")  # per-row arrays that never reach the manifest
 
 
+def error_text(stage: str, err: BaseException) -> str:
+    """The one-line `error` of a failed manifest row: the stage, then the reason."""
+    return f"{stage}: {' '.join(str(err).split()) or type(err).__name__}"
+
+
 def _fail(row: dict, stage: str, err: BaseException) -> dict:
-    row["status"], row["error"] = "failed", f"{stage}: {' '.join(str(err).split()) or type(err).__name__}"
+    row["status"], row["error"] = "failed", error_text(stage, err)
     return row
 
 
@@ -75,17 +79,13 @@ def write_outputs(row: dict, out: str, fmt: str, do_mux: bool, sample_rate: int,
 
 
 def _write_mp4(video_uri: str, audio: np.ndarray, sample_rate: int, out_uri: str) -> None:
-    fs, path = fsspec.core.url_to_fs(out_uri)
-    fs.makedirs(os.path.dirname(path), exist_ok=True)
     with local_copy(video_uri, suffix=os.path.splitext(video_uri)[1]) as src:
-        if fs.protocol in ("file", ("file", "local")):
-            mux(src, audio, sample_rate, path)
+        if is_local_uri(out_uri):  # mux writes atomically in place
+            os.makedirs(os.path.dirname(os.path.abspath(out_uri)), exist_ok=True)
+            mux(src, audio, sample_rate, out_uri)
             return
-        local = f"/tmp/{uuid.uuid4().hex}.mp4"
-        try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, "muxed.mp4")
             mux(src, audio, sample_rate, local)
-            fs.put(local, path + ".tmp")
-            fs.mv(path + ".tmp", path)
-        finally:
-            if os.path.exists(local):
-                os.remove(local)
+            with open(local, "rb") as f:
+                write_bytes_atomic(out_uri, f.read())

@@ -155,13 +155,15 @@ class Transformer(nn.Module):
             (B, H) its normalised hidden state.
         """
         pos = rows.take(cache.lengths)  # (B,) the slot each row writes
-        upto = int(pos.max()) + 1
+        upto = int(pos.max()) + 1  # the step's one host sync: every layer reuses it
+        if upto > cache.max_len:
+            raise ValueError(f"a row would exceed the cache's max_len {cache.max_len}")
         cos, sin = self.rotary(pos[:, None], x.dtype)
         mask = (torch.arange(upto, device=x.device)[None, :] <= pos[:, None])[:, None, None, :]  # (B,1,1,S)
         h = x[:, None]  # (B, 1, H)
         for i, block in enumerate(self.layers):
             q, k, v = block.attn.project(block.attn_norm(h), cos, sin)
-            cache.append(i, rows, k, v)
+            cache.append(i, rows, pos, k, v)
             keys, values = cache.read(i, rows, upto)
             h = h + block.attn.attend(q, keys, values, mask, causal=False)
             h = h + block.mlp(block.mlp_norm(h))

@@ -18,7 +18,19 @@ import fsspec
 
 def _is_local(fs) -> bool:
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return "file" in protocols
+    return "file" in protocols or "local" in protocols
+
+
+def is_local_uri(uri: str) -> bool:
+    return _is_local(fsspec.core.url_to_fs(uri)[0])
+
+
+def glob_uris(pattern: str) -> list[str]:
+    """Sorted URIs matching a glob at any fsspec URI (local results stay plain paths)."""
+    fs, path = fsspec.core.url_to_fs(pattern)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    matches = sorted(fs.glob(path))
+    return matches if _is_local(fs) else [f"{protocol}://{m}" for m in matches]
 
 
 def uri_join(base: str, name: str) -> str:

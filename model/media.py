@@ -146,9 +146,15 @@ def write_audio(uri: str, audio: np.ndarray, sample_rate: int, fmt: str = "wav")
     write_bytes_atomic(uri, encode_audio(audio, sample_rate, fmt))
 
 
+def _temp_beside(path: str) -> str:
+    """A hidden temporary name next to `path`, same container suffix, for writing then os.replace."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{name}.{uuid.uuid4().hex}{os.path.splitext(name)[1]}")
+
+
 def mux(video_path: str, audio: np.ndarray, sample_rate: int, out_path: str) -> None:
     """Write `out_path`: the video's picture stream copied as is, plus `audio` encoded as AAC."""
-    tmp = os.path.join(os.path.dirname(os.path.abspath(out_path)), f".{os.path.basename(out_path)}.{uuid.uuid4().hex}")
+    tmp = _temp_beside(out_path)
     try:
         with _open(video_path) as src, av.open(tmp, "w", format="mp4") as dst:
             vin = _video_stream(src, video_path)
@@ -198,7 +204,7 @@ def write_sample_video(path: str, duration_s: float, fps: int = 25, size: int = 
     rng = np.random.default_rng(int(duration_s * 1000) + size)
     palette = rng.integers(0, 256, size=(64, 3), dtype=np.uint8)
     frames = max(1, round(duration_s * fps))
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{uuid.uuid4().hex}.mp4")
+    tmp = _temp_beside(path)
     with av.open(tmp, "w") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width = stream.height = size
