@@ -1,4 +1,4 @@
-"""`videorobin`: the command line. generate | demo | info.
+"""`videorobin`: the command line. generate | demo | info | score | make-dataset | prepare | train.
 
 Bad input ends with one line on stderr (`videorobin: error: ...`) and exit status 2, never a traceback.
 """
@@ -196,6 +196,21 @@ def _prepare(args) -> dict:
     return {**summary, "exit_status": 1 if summary["failed"] else 0}
 
 
+def _train(args) -> dict:
+    from jobs.train import TrainConfig, TrainingFailed, run
+
+    try:
+        summary = run(TrainConfig(**_job_flags(args, TrainConfig)))
+    except TrainingFailed as err:
+        print(f"videorobin: training failed: {_one_line(err)}", file=sys.stderr)
+        return {"exit_status": 1}
+    print(
+        f"train {summary['stage']}: {summary['steps']} steps, loss {summary['first_loss']} -> "
+        f"{summary['final_loss']}, {summary['samples_per_s']} samples/s; checkpoint {summary['checkpoint']}"
+    )
+    return summary
+
+
 def _pool_args(p: argparse.ArgumentParser, stages: tuple[tuple[str, int], ...]) -> None:
     """Sizing flags of a Ray Data job's actor pools: --<stage>-actors/-batch/-gpus and --actor-cpus."""
     for stage, batch in stages:
@@ -281,6 +296,37 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--rows-per-shard", type=int, default=256)
     _pool_args(prep, (("encode", 8),))
     prep.set_defaults(run=_prepare)
+
+    train = sub.add_parser("train", help="Ray Train + DeepSpeed over prepared shards (stage t2m or v2m)")
+    train.add_argument("--stage", required=True, choices=["t2m", "v2m"], help="t2m: text only; v2m: adds video")
+    train.add_argument("--data", required=True, help="a `videorobin prepare` output directory or URI")
+    train.add_argument("--storage", required=True, help="where runs and checkpoints live (path, s3://, gs://)")
+    train.add_argument("--steps", type=int, required=True, help="optimizer steps in the whole run")
+    train.add_argument("--export", help="write the trained model here in the checkpoint format")
+    train.add_argument("--init-from", help="start from this checkpoint (v2m: the stage-1 export)")
+    train.add_argument("--name", help="run name under --storage (default: videorobin-<stage>)")
+    train.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    train.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    train.add_argument("--workers", type=int, default=1, help="training workers (one per GPU)")
+    train.add_argument("--gpus-per-worker", type=float, default=0.0, help="0 trains on CPUs (gloo, fp32)")
+    train.add_argument("--cpus-per-worker", type=float, default=1.0)
+    train.add_argument("--deepspeed", help="DeepSpeed JSON (default: ZeRO-2, jobs/deepspeed/zero2.json)")
+    train.add_argument("--zero-stage", type=int, choices=[1, 2, 3], help="override the JSON's ZeRO stage")
+    train.add_argument("--batch-size", type=int, default=4, help="clips per worker per step")
+    train.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (cosine, 10%% warm-up)")
+    train.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of --steps")
+    train.add_argument("--weight-decay", type=float, default=0.01)
+    train.add_argument("--grad-clip", type=float, default=1.0)
+    train.add_argument("--clip-seconds", type=float, default=10.0, help="training crop length")
+    train.add_argument("--input-mask", type=float, default=0.0, help="p of masking each text token / frame")
+    train.add_argument("--shuffle-buffer", type=int, default=64, help="rows in each worker's shuffle buffer")
+    train.add_argument("--checkpoint-every", type=int, default=100)
+    train.add_argument("--keep-checkpoints", type=int, default=2)
+    train.add_argument("--max-failures", type=int, default=3, help="worker-group restarts before giving up")
+    train.add_argument("--log-every", type=int, default=10)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
+    train.set_defaults(run=_train)
 
     info = sub.add_parser("info", help="parameter counts per component")
     info.add_argument("--preset", default="paper")

@@ -2,7 +2,8 @@
 
 Recorded with `ray.util.metrics` from inside Ray workers, exported by Ray's metrics agent with a `ray_`
 prefix (counters gain `_total`): `ray_videorobin_score_videos_total{stage,status}` and
-`ray_videorobin_score_stage_seconds_bucket{stage}`; `dashboards/scoring.json` reads these names.
+`ray_videorobin_score_stage_seconds_bucket{stage}`; `dashboards/scoring.json` reads these names, and
+`dashboards/training.json` the `ray_videorobin_train_*` ones.
 """
 
 from __future__ import annotations
@@ -10,6 +11,14 @@ from __future__ import annotations
 from functools import cache
 
 SCORE_VIDEOS = "videorobin_score_videos"
+TRAIN_GAUGES = {  # metric name -> the key of a training step's metrics it shows
+    "videorobin_train_loss": "loss",
+    "videorobin_train_lr": "lr",
+    "videorobin_train_grad_norm": "grad_norm",
+    "videorobin_train_samples_per_second": "samples_per_s",
+    "videorobin_train_patches_per_second": "patches_per_s",
+    "videorobin_train_step": "step",
+}
 SCORE_STAGE_SECONDS = "videorobin_score_stage_seconds"
 SCORE_AUDIO_SECONDS = "videorobin_score_audio_seconds"
 STAGE_SECONDS_BOUNDARIES = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
@@ -41,3 +50,19 @@ def record_stage(stage: str, statuses: list[str], seconds: float) -> None:
 
 def record_audio(seconds: float) -> None:
     score_metrics()[2].inc(seconds)
+
+
+@cache
+def train_metrics():
+    """One gauge per TRAIN_GAUGES entry, tagged by run name and stage; set by rank 0 every step."""
+    from ray.util.metrics import Gauge
+
+    return {
+        name: Gauge(name, description=f"Training {key} at the latest optimizer step", tag_keys=("run", "stage"))
+        for name, key in TRAIN_GAUGES.items()
+    }
+
+
+def record_train_step(run: str, stage: str, metrics: dict) -> None:
+    for name, gauge in train_metrics().items():
+        gauge.set(float(metrics[TRAIN_GAUGES[name]]), tags={"run": run, "stage": stage})

@@ -10,7 +10,9 @@ The manifest (JSONL/CSV/Parquet, any fsspec URI) has `id`, `audio`, `caption` an
                               features (F*feature_dim float32), n_features
     latent_stats.json         per-channel mean/std of the latents, measured over every frame
     errors.parquet            rows that could not be read, with their error
-    config.json               the resolved model config the latents were made with
+    config.json, vae.safetensors, clip.safetensors, tokenizer/
+                              the frozen encoders the data was made with (`model.checkpoint.save_encoders`),
+                              written first and loaded by every encoding actor, so all agree
 
 The driver streams rows into shards of `--rows-per-shard`, so memory holds one shard, not the dataset.
 """
@@ -30,7 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.catalogue import CatalogueError, read_table
-from model.checkpoint import load_bundle_tokenizer, load_clip, load_vae_from_checkpoint
+from model.checkpoint import load_bundle_tokenizer, load_clip, load_vae_from_checkpoint, read_config, save_encoders
 from model.config import VideoRobinConfig
 from model.io import local_copy, uri_join, write_bytes_atomic
 from model.media import MediaError, probe_video, read_audio, sample_frames
@@ -110,20 +112,30 @@ def read_media(row: dict, sample_rate: int, fps: float, image_size: int, max_fra
     return row
 
 
+def write_encoders(cfg: PrepareConfig) -> VideoRobinConfig:
+    """Load the frozen encoders once (from --checkpoint or the config's sources), save them under `out`."""
+    model = cfg.model
+    if cfg.checkpoint is not None:
+        vae = load_vae_from_checkpoint(cfg.checkpoint)
+        clip = load_clip(cfg.checkpoint) if model.vision is not None else None
+        tokenizer = load_bundle_tokenizer(cfg.checkpoint)
+    else:
+        torch.manual_seed(0)  # encoders without a checkpoint are randomly initialised: once, here, for all actors
+        vae = load_vae(model.vae)
+        clip = ClipEncoder(model.vision) if model.vision is not None else None
+        tokenizer = load_tokenizer(model.text, model.semantic_lm.vocab_size)
+    return save_encoders(cfg.out, model, vae, clip, tokenizer)
+
+
 class EncodeClips:
     """Frozen VAE (posterior mean) and frozen CLIP for a batch of clips; loaded once per actor."""
 
-    def __init__(self, model: dict, checkpoint: str | None, gpus: float) -> None:
-        cfg = VideoRobinConfig.model_validate(model)
+    def __init__(self, encoders: str, gpus: float) -> None:
+        cfg = read_config(encoders)
         self.device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
-        if checkpoint is not None:  # the checkpoint's own frozen weights
-            self.vae = load_vae_from_checkpoint(checkpoint, self.device)
-            self.clip = load_clip(checkpoint, self.device) if cfg.vision is not None else None
-            self.tokenizer = load_bundle_tokenizer(checkpoint)
-        else:  # the config's sources (vae.checkpoint, vision.clip_checkpoint, text.tokenizer)
-            self.vae = load_vae(cfg.vae).to(self.device)
-            self.clip = ClipEncoder(cfg.vision).to(self.device) if cfg.vision is not None else None
-            self.tokenizer = load_tokenizer(cfg.text, cfg.semantic_lm.vocab_size)
+        self.vae = load_vae_from_checkpoint(encoders, self.device)
+        self.clip = load_clip(encoders, self.device) if cfg.vision is not None else None
+        self.tokenizer = load_bundle_tokenizer(encoders, cfg)
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> dict:
@@ -198,7 +210,8 @@ class _Shards:
 
 def run(cfg: PrepareConfig) -> dict:
     started = time.perf_counter()
-    model, rows = cfg.model, read_training_manifest(cfg.manifest)
+    rows = read_training_manifest(cfg.manifest)
+    model = write_encoders(cfg)
     vision = model.vision
     image_size = vision.tower.image_size if vision is not None and vision.tower is not None else 224
     if not ray.is_initialized():
@@ -222,7 +235,7 @@ def run(cfg: PrepareConfig) -> dict:
         num_cpus=cfg.actor_cpus,
         num_gpus=cfg.encode_gpus,
         compute=ray.data.ActorPoolStrategy(size=cfg.encode_actors),
-        fn_constructor_kwargs={"model": model.model_dump(), "checkpoint": cfg.checkpoint, "gpus": cfg.encode_gpus},
+        fn_constructor_kwargs={"encoders": cfg.out, "gpus": cfg.encode_gpus},
     )
     shards, errors = _Shards(cfg.out, cfg.rows_per_shard, model.latent_dim), []
     for row in ds.iter_rows():
@@ -235,8 +248,7 @@ def run(cfg: PrepareConfig) -> dict:
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(errors, schema=pa.schema([("id", pa.string()), ("error", pa.string())])), buf)
     write_bytes_atomic(uri_join(cfg.out, "errors.parquet"), buf.getvalue())
-    write_bytes_atomic(uri_join(cfg.out, "latent_stats.json"), json.dumps(stats).encode())
-    write_bytes_atomic(uri_join(cfg.out, "config.json"), model.to_json().encode())
+    write_bytes_atomic(uri_join(cfg.out, "latent_stats.json"), json.dumps(stats).encode())  # last: "complete"
     return {
         "prepared": shards.written,
         "failed": len(errors),

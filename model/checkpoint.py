@@ -8,6 +8,10 @@
 
 Each file is written under a temporary name and moved into place; `config.json` goes last, so a
 directory without it is an unfinished save and does not load.
+
+An encoders directory (written by `videorobin prepare` beside its shards) holds only the frozen parts the
+latents and features were made with: config.json, vae.safetensors, clip.safetensors (with vision) and
+tokenizer/. Training exports take their VAE, CLIP and tokenizer from it, so they match the data.
 """
 
 from __future__ import annotations
@@ -37,27 +41,41 @@ def _is_relative(path: str) -> bool:
     return "://" not in path and not os.path.isabs(path)
 
 
-def save_bundle(bundle: Bundle, uri: str) -> None:
-    """Write `bundle` as a checkpoint directory at `uri`."""
-    cfg = bundle.config
-    # Weights now live in this directory, so the saved config no longer points at the original sources.
+def _save_frozen(uri: str, cfg: VideoRobinConfig, vae: OobleckVAE, tokenizer: Tokenizer) -> VideoRobinConfig:
+    """Write the VAE and tokenizer files; return `cfg` pointing at this directory instead of the sources."""
     vision = cfg.vision.model_copy(update={"clip_checkpoint": None}) if cfg.vision is not None else None
     text = cfg.text
-    if isinstance(bundle.tokenizer, HFTokenizer):
+    if isinstance(tokenizer, HFTokenizer):
         with tempfile.TemporaryDirectory() as tmp:
-            bundle.tokenizer.inner.save_pretrained(tmp)
+            tokenizer.inner.save_pretrained(tmp)
             for name in sorted(os.listdir(tmp)):
                 with open(os.path.join(tmp, name), "rb") as f:
                     write_bytes_atomic(uri_join(uri_join(uri, TOKENIZER_DIR), name), f.read())
         text = text.model_copy(update={"tokenizer": TOKENIZER_DIR})
-    saved = cfg.model_copy(
+    write_safetensors(uri_join(uri, "vae.safetensors"), vae.state_dict())
+    return cfg.model_copy(
         update={"vision": vision, "text": text, "vae": cfg.vae.model_copy(update={"checkpoint": None})}
     )
+
+
+def save_bundle(bundle: Bundle, uri: str) -> None:
+    """Write `bundle` as a checkpoint directory at `uri`."""
+    saved = _save_frozen(uri, bundle.config, bundle.vae, bundle.tokenizer)
     write_safetensors(uri_join(uri, "model.safetensors"), bundle.model.state_dict())
-    write_safetensors(uri_join(uri, "vae.safetensors"), bundle.vae.state_dict())
     stats = {"mean": bundle.model.latent_mean.tolist(), "std": bundle.model.latent_std.tolist()}
     write_bytes_atomic(uri_join(uri, "latent_stats.json"), json.dumps(stats).encode())
     write_bytes_atomic(uri_join(uri, "config.json"), saved.to_json().encode())
+
+
+def save_encoders(
+    uri: str, cfg: VideoRobinConfig, vae: OobleckVAE, clip: ClipEncoder | None, tokenizer: Tokenizer
+) -> VideoRobinConfig:
+    """Write an encoders directory (see the module docstring); returns the config it saved."""
+    saved = _save_frozen(uri, cfg, vae, tokenizer)
+    if clip is not None:
+        write_safetensors(uri_join(uri, "clip.safetensors"), clip.state_dict())
+    write_bytes_atomic(uri_join(uri, "config.json"), saved.to_json().encode())
+    return saved
 
 
 def read_config(uri: str) -> VideoRobinConfig:
@@ -89,11 +107,14 @@ def load_bundle_tokenizer(uri: str, cfg: VideoRobinConfig | None = None) -> Toke
 
 
 def load_clip(uri: str, device: torch.device | str = "cpu") -> ClipEncoder:
-    """Only the frozen CLIP tower of a checkpoint (for frame-encoding workers)."""
+    """Only the frozen CLIP tower of a checkpoint or an encoders directory (for frame-encoding workers)."""
     cfg = read_config(uri)
     if cfg.vision is None:
         raise ValueError(f"{uri}: this checkpoint has no vision (stage 1)")
     encoder = ClipEncoder(cfg.vision)
+    if uri_exists(uri_join(uri, "clip.safetensors")):
+        encoder.load_state_dict(read_safetensors(uri_join(uri, "clip.safetensors")), strict=True)
+        return encoder.to(device)
     with local_copy(uri_join(uri, "model.safetensors"), suffix=".safetensors") as path, safe_open(path, "pt") as f:
         state = {k.removeprefix("clip."): f.get_tensor(k) for k in f.keys() if k.startswith("clip.")}
     encoder.load_state_dict(state, strict=True)

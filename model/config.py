@@ -249,3 +249,11 @@ def load_config(source: str = "tiny", overrides: list[str] | None = None) -> Vid
     for assignment in overrides or []:
         _apply_override(tree, assignment)
     return VideoRobinConfig.model_validate(tree)
+
+
+def apply_overrides(cfg: VideoRobinConfig, overrides: list[str]) -> VideoRobinConfig:
+    """`cfg` with `a.b=value` overrides applied, validated again."""
+    tree = cfg.model_dump()
+    for assignment in overrides:
+        _apply_override(tree, assignment)
+    return VideoRobinConfig.model_validate(tree)

@@ -34,7 +34,7 @@ def flow_loss(
     """
     B = x.shape[0]
     keep = (torch.rand(B, device=x.device) >= cfg.cfg_dropout).to(mu.dtype)
-    t = sample_t(B, cfg, x.device)
+    t = sample_t(B, cfg, x.device).to(x.dtype)  # bf16 training keeps every LocDiT input in one dtype
     z = torch.randn_like(x)
     x_t = (1 - t)[:, None, None] * x + t[:, None, None] * z
     v = dit(mu * keep[:, None], t, prev, x_t)

@@ -25,6 +25,11 @@ def is_local_uri(uri: str) -> bool:
     return _is_local(fsspec.core.url_to_fs(uri)[0])
 
 
+def absolute_uri(uri: str) -> str:
+    """A relative local path made absolute (other processes, e.g. Ray workers, run in other directories)."""
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
 def glob_uris(pattern: str) -> list[str]:
     """Sorted URIs matching a glob at any fsspec URI (local results stay plain paths)."""
     fs, path = fsspec.core.url_to_fs(pattern)

@@ -1,0 +1,198 @@
+"""`videorobin train` on the session's Ray cluster: 2 CPU workers (gloo), DeepSpeed ZeRO-2, real prepared data.
+
+make-dataset -> prepare (with a corrupt audio row) -> train t2m -> train v2m from its export -> generate,
+plus loss going down, resume after a killed driver, and recovery from a killed worker.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+import soundfile as sf
+
+from jobs.dataset import make_dataset
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _train_args(data, storage, ray_address, name, steps, *extra) -> list[str]:
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--storage",
+        str(storage),
+        "--address",
+        ray_address,
+        "--name",
+        name,
+        "--steps",
+        str(steps),
+        "--workers",
+        "2",
+        "--batch-size",
+        "4",
+        "--clip-seconds",
+        "2",
+        "--log-every",
+        "1",
+        *extra,
+    ]
+
+
+def _has_checkpoint(run_dir) -> bool:
+    try:
+        return json.loads((run_dir / SNAPSHOT).read_text())["latest_checkpoint_result"] is not None
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
+
+
+def _final_state(storage, name) -> dict:
+    """train_state.json of the run's latest registered checkpoint."""
+    snapshot = json.loads((storage / name / SNAPSHOT).read_text())
+    latest = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+    return json.loads((storage / name / latest / "train_state.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, ray_address):
+    root = tmp_path_factory.mktemp("train")
+    manifest = make_dataset(str(root / "data"), clips=16, seconds=2.0)
+    rows = [json.loads(line) for line in open(manifest)]
+    (root / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt not really audio")
+    rows.append({"id": "corrupt", "audio": str(root / "corrupt.wav"), "caption": "broken", "video": None})
+    with open(root / "train.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    result = _cli(
+        "prepare", "--manifest", str(root / "train.jsonl"), "--out", str(root / "prepared"), "--address", ray_address
+    )
+    assert result.returncode == 1, result.stderr[-3000:]  # the corrupt row is reported, the rest prepared
+    assert "failed: 1" in result.stdout and "prepared: 16" in result.stdout
+    return root
+
+
+def test_stage1_learns_then_stage2_exports_a_checkpoint_that_generate_loads(prepared, ray_address):
+    root, storage = prepared, prepared / "runs"
+    t2m = _cli(
+        *_train_args(root / "prepared", storage, ray_address, "t2m", 30, "--stage", "t2m", "--lr", "2e-3"),
+        "--checkpoint-every",
+        "15",
+        "--export",
+        str(root / "t2m_export"),
+    )
+    assert t2m.returncode == 0, t2m.stderr[-4000:]
+    losses = [h["loss"] for h in _final_state(storage, "t2m")["history"]]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    print(f"\nstage 1 loss over 30 steps: first five {first:.3f}, last five {last:.3f}")
+    assert len(losses) == 30 and last < 0.8 * first
+    assert json.loads((root / "t2m_export" / "config.json").read_text())["vision"] is None
+
+    v2m = _cli(
+        *_train_args(root / "prepared", storage, ray_address, "v2m", 2, "--stage", "v2m", "--input-mask", "0.2"),
+        "--init-from",
+        str(root / "t2m_export"),
+        "--export",
+        str(root / "v2m_export"),
+    )
+    assert v2m.returncode == 0, v2m.stderr[-4000:]
+    provenance = json.loads((root / "v2m_export" / "training.json").read_text())
+    assert provenance["stage"] == "v2m" and provenance["step"] == 2
+    assert provenance["init_from"] == str(root / "t2m_export")
+    # Stage 2 starts from stage 1: its first loss is well below a fresh model's.
+    assert _final_state(storage, "v2m")["history"][0]["loss"] < 0.8 * first
+
+    video = root / "data" / "video" / "clip0000.mp4"
+    gen = _cli(
+        "generate",
+        "--checkpoint",
+        str(root / "v2m_export"),
+        "--video",
+        str(video),
+        "--out",
+        str(root / "out.wav"),
+        "--steps",
+        "4",
+    )
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    audio, rate = sf.read(root / "out.wav")
+    assert rate == 48000 and audio.shape == (2 * 48000, 2)
+
+
+def test_resumed_run_takes_the_steps_an_unbroken_run_takes(prepared, ray_address):
+    storage, data = prepared / "runs", prepared / "prepared"
+    common = ("--stage", "t2m", "--checkpoint-every", "2")
+    whole = _cli(*_train_args(data, storage, ray_address, "whole", 6, *common))
+    assert whole.returncode == 0, whole.stderr[-4000:]
+
+    # The same run, its driver killed once the first checkpoint is registered, then resumed.
+    cmd = [sys.executable, "-m", "jobs.cli", *_train_args(data, storage, ray_address, "broken", 6, *common)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not _has_checkpoint(storage / "broken") and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL  # it was stopped before finishing
+    stopped_at = _final_state(storage, "broken")["step"]
+    assert stopped_at < 6
+
+    refused = _cli(*_train_args(data, storage, ray_address, "broken", 6, *common))
+    assert refused.returncode == 2 and "--resume" in refused.stderr  # never continues a run silently
+    resumed = _cli(*_train_args(data, storage, ray_address, "broken", 6, *common, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+
+    a, b = _final_state(storage, "whole"), _final_state(storage, "broken")
+    assert b["resumed_at"] == [stopped_at] and b["step"] == 6
+    for x, y in zip(a["history"][stopped_at:], b["history"][stopped_at:], strict=True):
+        assert y["step"] == x["step"]
+        assert y["lr"] == pytest.approx(x["lr"], rel=1e-6)
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4, abs=1e-5)
+
+
+def _kill_one_worker_after_first_checkpoint(run_dir, killed: list) -> None:
+    deadline = time.time() + 300
+    while not _has_checkpoint(run_dir) and time.time() < deadline:
+        time.sleep(0.05)
+    for proc in psutil.process_iter(["cmdline"]):
+        if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
+            proc.kill()
+            killed.append(proc.pid)
+            return
+
+
+def test_a_killed_worker_is_recovered_from_the_latest_checkpoint(prepared, ray_address):
+    storage = prepared / "runs"
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_one_worker_after_first_checkpoint, args=(storage / "lost", killed))
+    killer.start()
+    result = _cli(
+        *_train_args(
+            prepared / "prepared",
+            storage,
+            ray_address,
+            "lost",
+            8,
+            "--stage",
+            "t2m",
+            "--checkpoint-every",
+            "2",
+            "--max-failures",
+            "2",
+        )
+    )
+    killer.join()
+    assert killed, "no training worker was found to kill"
+    assert result.returncode == 0, result.stderr[-4000:]
+    state = _final_state(storage, "lost")
+    assert state["step"] == 8 and len(state["resumed_at"]) == 1 and state["resumed_at"][0] >= 2
+    assert [h["step"] for h in state["history"]] == list(range(1, 9))
