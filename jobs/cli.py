@@ -305,7 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--export", help="write the trained model here in the checkpoint format")
     train.add_argument("--init-from", help="start from this checkpoint (v2m: the stage-1 export)")
     train.add_argument("--name", help="run name under --storage (default: videorobin-<stage>)")
-    train.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run from its latest checkpoint (or start it): safe for job retries",
+    )
     train.add_argument("--address", help="Ray cluster address (default: start a local one)")
     train.add_argument("--workers", type=int, default=1, help="training workers (one per GPU)")
     train.add_argument("--gpus-per-worker", type=float, default=0.0, help="0 trains on CPUs (gloo, fp32)")

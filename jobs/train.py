@@ -66,7 +66,7 @@ class TrainConfig(BaseModel):
     export: str | None = None
     init_from: str | None = None  # a Video-Robin checkpoint; required for v2m (the stage-1 export)
     name: str | None = None  # run name under storage; default videorobin-<stage>
-    resume: bool = False
+    resume: bool = False  # continue <storage>/<name> from its latest checkpoint (start it if it has none)
     address: str | None = None
     workers: int = Field(default=1, ge=1)
     gpus_per_worker: float = Field(default=0.0, ge=0)
@@ -248,14 +248,11 @@ def run(cfg: TrainConfig) -> dict:
 
     started = time.perf_counter()
     model_cfg = resolve_model(cfg)
-    exists = run_exists(cfg)
-    if exists and not cfg.resume:
+    if run_exists(cfg) and not cfg.resume:  # Ray Train would silently continue it
         raise ValueError(
             f"run {cfg.run_name} already has checkpoints under {cfg.storage}: pass --resume to continue it "
             "or --name for a new run"
         )
-    if cfg.resume and not exists:
-        raise ValueError(f"--resume: no run {cfg.run_name} under {cfg.storage}")
     if not ray.is_initialized():
         ray.init(address=cfg.address, configure_logging=False)
     try:

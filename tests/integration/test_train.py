@@ -42,7 +42,7 @@ def _train_args(data, storage, ray_address, name, steps, *extra) -> list[str]:
         "--workers",
         "2",
         "--batch-size",
-        "4",
+        "2",
         "--clip-seconds",
         "2",
         "--log-every",

@@ -12,7 +12,11 @@ from jobs import metrics
 from jobs.cli import build_parser
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-RAY_DATA_SOURCES = ["data/_internal/stats.py", "data/_internal/execution/interfaces/op_runtime_metrics.py"]
+RAY_SOURCES = [  # where Ray defines the metrics our dashboards read: Ray Data's, and the nodes' (CPU, GPU)
+    "data/_internal/stats.py",
+    "data/_internal/execution/interfaces/op_runtime_metrics.py",
+    "dashboard/modules/reporter/reporter_agent.py",
+]
 
 
 def _pinned_ray() -> str:
@@ -32,9 +36,9 @@ def test_rayjob_manifests_pin_our_ray_and_run_commands_our_cli_accepts():
 
 
 def test_dashboards_name_only_metrics_that_exist():
-    ours = {getattr(metrics, n) for n in dir(metrics) if n.startswith("SCORE_")}
+    ours = {getattr(metrics, n) for n in dir(metrics) if n.startswith("SCORE_")} | set(metrics.TRAIN_GAUGES)
     ray_root = pathlib.Path(ray.__file__).parent
-    ray_source = "".join((ray_root / p).read_text() for p in RAY_DATA_SOURCES)
+    ray_source = "".join((ray_root / p).read_text() for p in RAY_SOURCES)
     for path in sorted((ROOT / "dashboards").glob("*.json")):
         exprs = [t["expr"] for p in json.loads(path.read_text())["panels"] for t in p["targets"]]
         names = {n for e in exprs for n in re.findall(r"\b(ray_[a-z_]+)", e)}
@@ -46,3 +50,23 @@ def test_dashboards_name_only_metrics_that_exist():
             else:
                 field = base.removeprefix("data_")
                 assert f'"{base}"' in ray_source or f"    {field}:" in ray_source, f"{path.name}: unknown {name}"
+
+
+def _train_flags(entrypoint: str):
+    return build_parser().parse_args(shlex.split(entrypoint)[1:])
+
+
+def test_training_jobs_ask_for_the_gpus_their_clusters_have():
+    for name in ("train-t2m-rayjob.yaml", "train-v2m-rayjob.yaml"):
+        doc = yaml.safe_load((ROOT / "cluster" / name).read_text())
+        args = _train_flags(doc["spec"]["entrypoint"])
+        (group,) = doc["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+        (container,) = group["template"]["spec"]["containers"]
+        gpus = group["replicas"] * int(container["resources"]["limits"]["nvidia.com/gpu"])
+        assert args.workers * args.gpus_per_worker == gpus, name
+        assert args.storage.startswith("s3://") and args.resume  # shared storage; retries continue the run
+    launcher = yaml.safe_load((ROOT / "cluster" / "train-cluster.yaml").read_text())
+    nodes = launcher["available_node_types"]["h100"]
+    t2m = _train_flags(yaml.safe_load((ROOT / "cluster" / "train-t2m-rayjob.yaml").read_text())["spec"]["entrypoint"])
+    assert nodes["min_workers"] * nodes["resources"]["GPU"] == t2m.workers
+    assert launcher["available_node_types"][launcher["head_node_type"]]["resources"]["CPU"] == 0
