@@ -182,13 +182,14 @@ def build_trainer(cfg: TrainConfig, model_cfg: VideoRobinConfig):
     rows, need = ds.count(), cfg.workers * cfg.batch_size
     if rows < need:
         raise ValueError(f"{cfg.data} has {rows} clips; {cfg.workers} workers x batch {cfg.batch_size} need {need}")
+    use_gpu = cfg.gpus_per_worker > 0
     cpus = ray.cluster_resources().get("CPU", 0)
-    if cpus < cfg.workers * cfg.cpus_per_worker + 1:  # Ray Data lists the shard files in a 1-CPU task
+    # Ray Data lists the shard files in a 1-CPU task: on a small CPU cluster the workers can take every CPU.
+    if not use_gpu and cpus < cfg.workers * cfg.cpus_per_worker + 1:
         raise ValueError(
             f"the cluster has {cpus:g} CPUs: {cfg.workers} workers x {cfg.cpus_per_worker:g} CPUs leave none for "
             "reading the data (1 needed); lower --cpus-per-worker or --workers"
         )
-    use_gpu = cfg.gpus_per_worker > 0
     resources_per_worker = {"CPU": cfg.cpus_per_worker} | ({"GPU": cfg.gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
         train_loop,

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import psutil
 import pytest
@@ -82,16 +83,20 @@ def prepared(tmp_path_factory, ray_address):
     return root
 
 
-def test_stage1_learns_then_stage2_exports_a_checkpoint_that_generate_loads(prepared, ray_address):
-    root, storage = prepared, prepared / "runs"
-    t2m = _cli(
-        *_train_args(root / "prepared", storage, ray_address, "t2m", 30, "--stage", "t2m", "--lr", "2e-3"),
-        "--checkpoint-every",
-        "15",
-        "--export",
-        str(root / "t2m_export"),
+@pytest.fixture(scope="module")
+def stage1(prepared, ray_address):
+    """A 30-step stage-1 run, exported."""
+    result = _cli(
+        *_train_args(prepared / "prepared", prepared / "runs", ray_address, "t2m", 30, "--stage", "t2m"),
+        *("--lr", "2e-3", "--checkpoint-every", "15", "--export", str(prepared / "t2m_export")),
     )
-    assert t2m.returncode == 0, t2m.stderr[-4000:]
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def test_stage1_learns_then_stage2_exports_a_checkpoint_that_generate_loads(prepared, stage1, ray_address):
+    root, storage = prepared, prepared / "runs"
+    assert "steps: 30" in stage1.stdout and "step 30/30 loss" in stage1.stdout + stage1.stderr  # progress
     losses = [h["loss"] for h in _final_state(storage, "t2m")["history"]]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     print(f"\nstage 1 loss over 30 steps: first five {first:.3f}, last five {last:.3f}")
@@ -196,3 +201,16 @@ def test_a_killed_worker_is_recovered_from_the_latest_checkpoint(prepared, ray_a
     state = _final_state(storage, "lost")
     assert state["step"] == 8 and len(state["resumed_at"]) == 1 and state["resumed_at"][0] >= 2
     assert [h["step"] for h in state["history"]] == list(range(1, 9))
+
+
+def test_training_metrics_reach_prometheus(stage1, metrics_port):
+    deadline, lines = time.time() + 60, []
+    while time.time() < deadline and not lines:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        lines = [line for line in text.splitlines() if line.startswith("ray_videorobin_train_") and 'run="t2m"' in line]
+        time.sleep(1)
+    values = {line.split("{", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines}
+    assert values.get("ray_videorobin_train_step") == 30
+    for name in ("loss", "lr", "grad_norm", "samples_per_second", "patches_per_second"):
+        assert values.get(f"ray_videorobin_train_{name}", 0) > 0, name
