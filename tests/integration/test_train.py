@@ -83,19 +83,36 @@ def prepared(tmp_path_factory, ray_address):
     return root
 
 
+def _train_gauges(metrics_port: int, run: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    lines = [line for line in text.splitlines() if line.startswith("ray_videorobin_train_") and f'run="{run}"' in line]
+    return {line.split("{", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines}
+
+
 @pytest.fixture(scope="module")
-def stage1(prepared, ray_address):
-    """A 30-step stage-1 run, exported."""
-    result = _cli(
+def stage1(prepared, ray_address, metrics_port):
+    """A 30-step stage-1 run, exported; Ray's Prometheus endpoint is scraped while it trains."""
+    cmd = [
+        *(sys.executable, "-m", "jobs.cli"),
         *_train_args(prepared / "prepared", prepared / "runs", ray_address, "t2m", 30, "--stage", "t2m"),
         *("--lr", "2e-3", "--checkpoint-every", "15", "--export", str(prepared / "t2m_export")),
-    )
+    ]
+    out, err = prepared / "t2m.out", prepared / "t2m.err"
+    scraped: list[dict[str, float]] = []
+    with open(out, "w") as stdout, open(err, "w") as stderr:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=stderr, text=True)
+        while proc.poll() is None:
+            scraped.append(_train_gauges(metrics_port, "t2m"))
+            time.sleep(1)
+    result = subprocess.CompletedProcess(cmd, proc.returncode, out.read_text(), err.read_text())
     assert result.returncode == 0, result.stderr[-4000:]
-    return result
+    return result, [g for g in scraped if g]
 
 
 def test_stage1_learns_then_stage2_exports_a_checkpoint_that_generate_loads(prepared, stage1, ray_address):
     root, storage = prepared, prepared / "runs"
+    stage1, _ = stage1
     assert "steps: 30" in stage1.stdout and "step 30/30 loss" in stage1.stdout + stage1.stderr  # progress
     losses = [h["loss"] for h in _final_state(storage, "t2m")["history"]]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
@@ -203,14 +220,10 @@ def test_a_killed_worker_is_recovered_from_the_latest_checkpoint(prepared, ray_a
     assert [h["step"] for h in state["history"]] == list(range(1, 9))
 
 
-def test_training_metrics_reach_prometheus(stage1, metrics_port):
-    deadline, lines = time.time() + 60, []
-    while time.time() < deadline and not lines:
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        lines = [line for line in text.splitlines() if line.startswith("ray_videorobin_train_") and 'run="t2m"' in line]
-        time.sleep(1)
-    values = {line.split("{", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines}
-    assert values.get("ray_videorobin_train_step") == 30
+def test_training_metrics_reach_prometheus_while_it_trains(stage1):
+    _, scraped = stage1
+    assert scraped, "no ray_videorobin_train_* gauge was scraped during the run"
+    steps = [g["ray_videorobin_train_step"] for g in scraped if "ray_videorobin_train_step" in g]
+    assert steps == sorted(steps) and 0 < steps[-1] <= 30
     for name in ("loss", "lr", "grad_norm", "samples_per_second", "patches_per_second"):
-        assert values.get(f"ray_videorobin_train_{name}", 0) > 0, name
+        assert scraped[-1].get(f"ray_videorobin_train_{name}", 0) > 0, name
