@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from jobs.train import TrainConfig, resolve_model, run
+from jobs.train import TrainConfig, latest_train_state, resolve_model, run
 from model.build import parameter_counts
 from model.training import collate
 from model.videorobin import VideoRobin
@@ -102,9 +102,7 @@ def plain_loop(cfg: TrainConfig, data: str, steps: int, threads: int) -> dict:
 def ours(cfg: TrainConfig, workers: int) -> dict:
     cfg = cfg.model_copy(update={"workers": workers, "name": f"bench-{workers}w"})
     run(cfg)
-    snapshot = json.load(open(os.path.join(cfg.storage, cfg.run_name, "checkpoint_manager_snapshot.json")))
-    latest = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
-    state = json.load(open(os.path.join(cfg.storage, cfg.run_name, latest, "train_state.json")))
+    state = latest_train_state(cfg.storage, cfg.run_name)
     steps = [h for h in state["history"][1:] if h["step"] % cfg.checkpoint_every]  # no start-up, no saves
     return {k: float(np.median([h[k] for h in steps])) for k in ("samples_per_s", "patches_per_s")}
 

@@ -133,6 +133,8 @@ def deepspeed_config(cfg: TrainConfig, on_gpu: bool) -> dict:
         ds = json.loads(read_bytes(cfg.deepspeed))
     else:
         ds = json.loads(resources.files("jobs.deepspeed").joinpath("zero2.json").read_text())
+    if ds.get("bf16", {}).get("enabled") == "auto":
+        ds["bf16"]["enabled"] = on_gpu
     fill = {
         "train_micro_batch_size_per_gpu": cfg.batch_size,
         "gradient_clipping": cfg.grad_clip,
@@ -140,13 +142,14 @@ def deepspeed_config(cfg: TrainConfig, on_gpu: bool) -> dict:
         "weight_decay": cfg.weight_decay,
         "total_num_steps": cfg.steps,
         "warmup_num_steps": max(1, round(cfg.warmup * cfg.steps)),
-        "enabled": on_gpu,
     }
 
-    def resolve(node):
+    def resolve(node, key: str = ""):
         if isinstance(node, dict):
-            return {k: fill[k] if v == "auto" else resolve(v) for k, v in node.items()}
-        return node
+            return {k: resolve(v, k) for k, v in node.items()}
+        if node == "auto" and key not in fill:
+            raise ValueError(f'DeepSpeed config: "{key}": "auto" is not a field `train` fills in')
+        return fill[key] if node == "auto" else node
 
     ds = resolve(ds)
     ds.pop("train_batch_size", None)  # DeepSpeed derives it from micro batch x accumulation x world
@@ -161,6 +164,17 @@ def deepspeed_config(cfg: TrainConfig, on_gpu: bool) -> dict:
 
 def run_exists(cfg: TrainConfig) -> bool:
     return uri_exists(uri_join(uri_join(cfg.storage, cfg.run_name), RUN_SNAPSHOT))
+
+
+def latest_train_state(storage: str, name: str) -> dict | None:
+    """train_state.json of a run's latest registered checkpoint, or None while it has none."""
+    run_dir = uri_join(storage, name)
+    if not uri_exists(uri_join(run_dir, RUN_SNAPSHOT)):
+        return None
+    latest = json.loads(read_bytes(uri_join(run_dir, RUN_SNAPSHOT)))["latest_checkpoint_result"]
+    if latest is None:
+        return None
+    return json.loads(read_bytes(uri_join(uri_join(run_dir, latest["checkpoint_dir_name"]), STATE_FILE)))
 
 
 def read_stats(data: str) -> dict:

@@ -246,14 +246,15 @@ def load_config(source: str = "tiny", overrides: list[str] | None = None) -> Vid
             raise ValueError(f"unknown preset or config file {source!r} (presets: {', '.join(PRESETS)})")
         text = path.read_text()
         tree = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    for assignment in overrides or []:
-        _apply_override(tree, assignment)
-    return VideoRobinConfig.model_validate(tree)
+    return _validated(tree, overrides or [])
 
 
 def apply_overrides(cfg: VideoRobinConfig, overrides: list[str]) -> VideoRobinConfig:
     """`cfg` with `a.b=value` overrides applied, validated again."""
-    tree = cfg.model_dump()
+    return _validated(cfg.model_dump(), overrides)
+
+
+def _validated(tree: dict[str, Any], overrides: list[str]) -> VideoRobinConfig:
     for assignment in overrides:
         _apply_override(tree, assignment)
     return VideoRobinConfig.model_validate(tree)

@@ -1,9 +1,13 @@
-"""Bad inputs made for real: an empty file, a text file, a truncated mp4, audio only, a video with no frames."""
+"""Inputs made for real: bad videos (empty, text, truncated, audio only, no frames), a dataset with a corrupt row."""
 
 from __future__ import annotations
 
+import json
+
 import av
 import numpy as np
+
+from jobs.dataset import make_dataset
 
 
 def write_no_frames_video(path: str) -> None:
@@ -39,3 +43,15 @@ def write_bad_inputs(root, good_video: str) -> dict[str, str]:
     write_audio_only(paths["audio_only.m4a"])
     write_no_frames_video(paths["no_frames.mp4"])
     return paths
+
+
+def dataset_with_corrupt_row(root, clips: int, seconds: float) -> list[dict]:
+    """`make-dataset` rows plus one whose audio file ("broken.wav") is not audio."""
+    rows = [json.loads(line) for line in open(make_dataset(str(root / "data"), clips=clips, seconds=seconds))]
+    (root / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    return [*rows, {"id": "broken", "audio": str(root / "broken.wav"), "caption": "nothing", "video": None}]
+
+
+def write_jsonl(path, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.dataset import make_dataset
 from model.config import load_config
 from model.text import ByteTokenizer
+from tests.media_files import dataset_with_corrupt_row, write_jsonl
 
 pytestmark = pytest.mark.ray
 
@@ -18,13 +18,9 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, ray_address):
     root = tmp_path_factory.mktemp("prep")
-    manifest = make_dataset(str(root / "data"), clips=4, seconds=2.0)
-    rows = [json.loads(line) for line in open(manifest)]
-    (root / "broken.wav").write_bytes(b"RIFF....WAVEfmt garbage")
-    rows.append({"id": "broken", "audio": str(root / "broken.wav"), "caption": "nothing", "video": None})
+    rows = dataset_with_corrupt_row(root, clips=4, seconds=2.0)
     rows[1]["start"], rows[1]["duration"] = 0.5, 1.0  # a window inside the clip
-    with open(root / "train.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+    write_jsonl(root / "train.jsonl", rows)
     result = subprocess.run(
         [
             sys.executable,

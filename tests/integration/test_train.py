@@ -16,11 +16,10 @@ import psutil
 import pytest
 import soundfile as sf
 
-from jobs.dataset import make_dataset
+from jobs.train import latest_train_state
+from tests.media_files import dataset_with_corrupt_row, write_jsonl
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -52,29 +51,22 @@ def _train_args(data, storage, ray_address, name, steps, *extra) -> list[str]:
     ]
 
 
-def _has_checkpoint(run_dir) -> bool:
+def _has_checkpoint(storage, name) -> bool:
     try:
-        return json.loads((run_dir / SNAPSHOT).read_text())["latest_checkpoint_result"] is not None
-    except (FileNotFoundError, json.JSONDecodeError):
+        return latest_train_state(str(storage), name) is not None
+    except (FileNotFoundError, json.JSONDecodeError):  # Ray is writing the snapshot this moment
         return False
 
 
 def _final_state(storage, name) -> dict:
     """train_state.json of the run's latest registered checkpoint."""
-    snapshot = json.loads((storage / name / SNAPSHOT).read_text())
-    latest = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
-    return json.loads((storage / name / latest / "train_state.json").read_text())
+    return latest_train_state(str(storage), name)
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, ray_address):
     root = tmp_path_factory.mktemp("train")
-    manifest = make_dataset(str(root / "data"), clips=16, seconds=2.0)
-    rows = [json.loads(line) for line in open(manifest)]
-    (root / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt not really audio")
-    rows.append({"id": "corrupt", "audio": str(root / "corrupt.wav"), "caption": "broken", "video": None})
-    with open(root / "train.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+    write_jsonl(root / "train.jsonl", dataset_with_corrupt_row(root, clips=16, seconds=2.0))
     result = _cli(
         "prepare", "--manifest", str(root / "train.jsonl"), "--out", str(root / "prepared"), "--address", ray_address
     )
@@ -161,7 +153,7 @@ def test_resumed_run_takes_the_steps_an_unbroken_run_takes(prepared, ray_address
     cmd = [sys.executable, "-m", "jobs.cli", *_train_args(data, storage, ray_address, "broken", 6, *common)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not _has_checkpoint(storage / "broken") and proc.poll() is None and time.time() < deadline:
+    while not _has_checkpoint(storage, "broken") and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL  # it was stopped before finishing
@@ -181,9 +173,9 @@ def test_resumed_run_takes_the_steps_an_unbroken_run_takes(prepared, ray_address
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-4, abs=1e-5)
 
 
-def _kill_one_worker_after_first_checkpoint(run_dir, killed: list) -> None:
+def _kill_one_worker_after_first_checkpoint(storage, name, killed: list) -> None:
     deadline = time.time() + 300
-    while not _has_checkpoint(run_dir) and time.time() < deadline:
+    while not _has_checkpoint(storage, name) and time.time() < deadline:
         time.sleep(0.05)
     for proc in psutil.process_iter(["cmdline"]):
         if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
@@ -195,7 +187,7 @@ def _kill_one_worker_after_first_checkpoint(run_dir, killed: list) -> None:
 def test_a_killed_worker_is_recovered_from_the_latest_checkpoint(prepared, ray_address):
     storage = prepared / "runs"
     killed: list[int] = []
-    killer = threading.Thread(target=_kill_one_worker_after_first_checkpoint, args=(storage / "lost", killed))
+    killer = threading.Thread(target=_kill_one_worker_after_first_checkpoint, args=(storage, "lost", killed))
     killer.start()
     result = _cli(
         *_train_args(

@@ -123,6 +123,9 @@ def test_deepspeed_config_fills_every_auto_field(tmp_path):
         "train_micro_batch_size_per_gpu": 4,
         "zero_optimization": {"stage": 1},
     }
+    custom.write_text(json.dumps({"fp16": {"enabled": "auto"}}))  # a field train does not own
+    with pytest.raises(ValueError, match="fp16|enabled"):
+        deepspeed_config(_cfg(tmp_path, deepspeed=str(custom)), on_gpu=True)
 
 
 def test_model_resolution_follows_the_stage_and_checks_the_data(tmp_path):
