@@ -211,6 +211,18 @@ def _train(args) -> dict:
     return summary
 
 
+def _evaluate(args) -> dict:
+    from jobs.evaluate import EvaluateConfig, EvaluateError, run
+
+    flags = _job_flags(args, EvaluateConfig) | {"embedders": args.embedder or ["musicnn"]}
+    try:
+        summary = run(EvaluateConfig(**flags))
+    except EvaluateError as err:
+        raise CLIError(str(err)) from None
+    print(f"evaluate: {summary['ok']} clips evaluated, {summary['failed']} failed; report {summary['report']}")
+    return {**summary, "exit_status": 1 if summary["failed"] else 0}
+
+
 def _pool_args(p: argparse.ArgumentParser, stages: tuple[tuple[str, int], ...]) -> None:
     """Sizing flags of a Ray Data job's actor pools: --<stage>-actors/-batch/-gpus and --actor-cpus."""
     for stage, batch in stages:
@@ -331,6 +343,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
     train.set_defaults(run=_train)
+
+    ev = sub.add_parser("evaluate", help="metrics.json + HTML report: generated vs reference, prompts, videos")
+    ev.add_argument("--generated", required=True, help="directory of generated audio, or a score manifest.parquet")
+    ev.add_argument("--reference", required=True, help="directory of reference audio (paired by file stem)")
+    ev.add_argument("--videos", help="directory of the videos (paired by stem), for beat-to-cut alignment")
+    ev.add_argument("--prompts", help="prompts: .json {name: prompt} or .jsonl rows with id and prompt")
+    ev.add_argument("--out", required=True, help="output directory or fsspec URI")
+    ev.add_argument(
+        "--embedder",
+        action="append",
+        metavar="NAME[=WEIGHTS]",
+        help="audio embedder, repeatable: musicnn (default, offline), vggish=PATH, panns=PATH",
+    )
+    ev.add_argument("--clap", help="CLAP checkpoint directory (transformers layout) for the audio-text score")
+    ev.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    ev.add_argument("--actors", type=int, default=2, help="evaluation actors")
+    ev.add_argument("--actor-cpus", type=float, default=0.5, help="CPUs per actor")
+    ev.set_defaults(run=_evaluate)
 
     info = sub.add_parser("info", help="parameter counts per component")
     info.add_argument("--preset", default="paper")

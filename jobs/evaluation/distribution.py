@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 
 import numpy as np
 from scipy import linalg
@@ -23,13 +24,16 @@ def gaussian(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
     """||mu1 - mu2||^2 + Tr(C1 + C2 - 2 (C1 C2)^(1/2)) between two Gaussians."""
-    covmean = linalg.sqrtm(cov1 @ cov2)
-    if not np.isfinite(covmean).all():  # a singular product: regularise as the usual FID/FAD code does
-        eps = np.eye(len(cov1)) * 1e-6
-        covmean = linalg.sqrtm((cov1 + eps) @ (cov2 + eps))
+    with warnings.catch_warnings():  # fewer clips than dimensions gives singular covariances: handled below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(cov1 @ cov2)
+        if not np.isfinite(covmean).all():  # a singular product: regularise as the usual FID/FAD code does
+            eps = np.eye(len(cov1)) * 1e-6
+            covmean = linalg.sqrtm((cov1 + eps) @ (cov2 + eps))
     covmean = covmean.real  # sqrtm of a product of PSD matrices has eigenvalues >= 0; drop round-off
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
+    distance = diff @ diff + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean)
+    return float(max(distance, 0.0))  # a distance: round-off can take identical sets a hair below zero
 
 
 def frechet_distance_between(generated: np.ndarray, reference: np.ndarray) -> float:

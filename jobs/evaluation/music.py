@@ -49,7 +49,8 @@ def parse_tempo(text: str) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def _mono(audio: np.ndarray, sample_rate: int, rate: int) -> np.ndarray:
+def to_mono(audio: np.ndarray, sample_rate: int, rate: int) -> np.ndarray:
+    """(S,) float32 mono at `rate` from (C, S) or (S,) audio at `sample_rate`."""
     import librosa
 
     mono = np.asarray(audio, np.float32)
@@ -61,7 +62,7 @@ def beat_times(audio: np.ndarray, sample_rate: int) -> tuple[float, np.ndarray]:
     """(tempo in BPM, beat times in seconds) of (C, S) or (S,) audio, by librosa's beat tracker."""
     import librosa
 
-    y = _mono(audio, sample_rate, ANALYSIS_RATE)
+    y = to_mono(audio, sample_rate, ANALYSIS_RATE)
     tempo, beats = librosa.beat.beat_track(y=y, sr=ANALYSIS_RATE, units="time")
     return float(np.atleast_1d(tempo)[0]), np.asarray(beats, np.float64)
 
@@ -70,7 +71,7 @@ def estimate_key(audio: np.ndarray, sample_rate: int) -> Key:
     """The audio's key by essentia's KeyExtractor (HPCP + key profiles)."""
     import essentia.standard as es
 
-    key, scale, _strength = es.KeyExtractor(sampleRate=float(sample_rate))(_mono(audio, sample_rate, sample_rate))
+    key, scale, _strength = es.KeyExtractor(sampleRate=float(sample_rate))(to_mono(audio, sample_rate, sample_rate))
     parsed = parse_key(f"{key} {scale}")
     if parsed is None:
         raise ValueError(f"essentia returned an unreadable key {key!r} {scale!r}")

@@ -1,6 +1,7 @@
 """Evaluation maths on constructed cases; tempo, key and cut checks on real renders and real videos."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -165,3 +166,80 @@ def test_technical_qc_measures_loudness_clipping_silence_and_dc():
     gap = np.concatenate([sine[: rate * 2], np.zeros(rate * 2, np.float32)])
     assert technical_qc(np.stack([gap, gap]), rate)["silent_fraction"] == pytest.approx(0.5, abs=0.02)
     assert technical_qc(np.stack([sine + 0.1, sine]), rate)["dc_offset"] == pytest.approx(0.1, abs=1e-3)
+
+
+# ---- a real pretrained embedder, offline ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def musicnn():
+    from jobs.evaluation.embedders import load_audio_embedder
+
+    return load_audio_embedder("musicnn", None)  # the weights inside the installed musicnn wheel
+
+
+def _top_tags(embedder, audio: np.ndarray, rate: int, n: int = 3) -> list[str]:
+    features = embedder(audio, rate)
+    return [embedder.labels[i] for i in np.argsort(-features.probabilities)[:n]]
+
+
+def test_musicnn_port_tags_real_renders_as_a_listener_would(renders, musicnn):
+    """The TF checkpoint read without TensorFlow, in our PyTorch port, hears what the renders are."""
+    tags = {}
+    for row in renders:
+        audio, rate = sf.read(row["audio"], always_2d=True)
+        tags[row["source"]] = _top_tags(musicnn, audio.T, rate)
+    print(tags)
+    assert "piano" in tags["music21 corpus: joplin/maple_leaf_rag"]
+    quartets = [s for s in tags if "opus18" in s or "k80" in s]
+    assert quartets and all({"strings", "violin", "cello"} & set(tags[s]) for s in quartets)
+    noise = 0.3 * np.random.default_rng(0).standard_normal((2, 48000 * 10))
+    assert "classical" not in _top_tags(musicnn, noise, 48000, n=5)
+
+
+def test_musicnn_embeddings_separate_music_from_noise(renders, musicnn):
+    music = np.array([musicnn(sf.read(r["audio"], always_2d=True)[0].T, 48000).embedding for r in renders])
+    rng = np.random.default_rng(1)
+    noise = np.array([musicnn(rng.standard_normal((2, 48000 * 5)) * g, 48000).embedding for g in (0.05, 0.1, 0.2, 0.4)])
+    assert frechet_distance_between(music[:4], music[4:]) < frechet_distance_between(music[:4], noise) / 2
+
+
+# ---- published embedders: only where their weights are on disk --------------------------------------------
+
+
+def _weights(var: str) -> str:
+    path = os.environ.get(var)
+    if not path or not os.path.exists(path):
+        pytest.skip(f"set {var} to the checkpoint to run this test (weights are never downloaded)")
+    return path
+
+
+AUDIOSET_MUSIC = 137  # "Music" in AudioSet's class_labels_indices.csv
+
+
+def test_panns_cnn14_hears_music_in_real_renders(renders):
+    from jobs.evaluation.embedders import load_audio_embedder
+
+    panns = load_audio_embedder("panns", _weights("VIDEOROBIN_PANNS_WEIGHTS"))
+    for row in renders[:3]:
+        features = panns(sf.read(row["audio"], always_2d=True)[0].T, 48000)
+        assert features.embedding.shape == (2048,) and features.probabilities[AUDIOSET_MUSIC] > 0.5
+
+
+def test_vggish_embeddings_separate_music_from_noise(renders):
+    from jobs.evaluation.embedders import load_audio_embedder
+
+    vggish = load_audio_embedder("vggish", _weights("VIDEOROBIN_VGGISH_WEIGHTS"))
+    music = np.array([vggish(sf.read(r["audio"], always_2d=True)[0].T, 48000).embedding for r in renders])
+    noise = np.array([vggish(np.random.default_rng(i).standard_normal(48000 * 5), 48000).embedding for i in range(4)])
+    assert music.shape[1] == 128
+    assert frechet_distance_between(music[:4], music[4:]) < frechet_distance_between(music[:4], noise)
+
+
+def test_clap_scores_a_matching_prompt_above_a_mismatched_one(renders):
+    from jobs.evaluation.embedders.clap import ClapScorer
+
+    clap = ClapScorer(_weights("VIDEOROBIN_CLAP_WEIGHTS"))
+    piano = next(r for r in renders if "joplin" in r["source"])
+    audio = clap.audio(sf.read(piano["audio"], always_2d=True)[0].T, 48000)
+    assert audio @ clap.text("solo piano ragtime") > audio @ clap.text("a heavy metal band with distorted guitars")

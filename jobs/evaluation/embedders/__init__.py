@@ -1,0 +1,48 @@
+"""Embedding models for the distribution and cross-modal metrics, each loaded from a local path or URI.
+
+Audio embedders (`AudioEmbedder`): a clip -> one embedding, plus class probabilities for classifiers.
+
+    musicnn   musicnn MTT tagger (weights ship in the `musicnn` wheel): 200-d, 50 tags   offline
+    vggish    VGGish (torchvggish .pth): 128-d, for FAD
+    panns     PANNs CNN14 (.pth): 2048-d, 527 AudioSet classes, for FD, KL and IS
+
+Cross-modal scorers: `clap` (audio-text cosine), `imagebind` (audio-video cosine).
+Every number a report prints names the embedder that produced it.
+"""
+
+from __future__ import annotations
+
+from jobs.evaluation.embedders.base import AudioEmbedder, AudioFeatures
+
+AUDIO_EMBEDDERS = ("musicnn", "vggish", "panns")
+NEEDS_WEIGHTS = ("vggish", "panns")
+
+
+def parse_embedder(spec: str) -> tuple[str, str | None]:
+    """ "NAME" or "NAME=URI" -> (name, uri); a clear ValueError for an unknown name or missing weights."""
+    name, _, uri = spec.partition("=")
+    name = name.strip().lower()
+    if name not in AUDIO_EMBEDDERS:
+        raise ValueError(f"unknown embedder {name!r}; choose from {', '.join(AUDIO_EMBEDDERS)}")
+    if name in NEEDS_WEIGHTS and not uri:
+        raise ValueError(f"embedder {name} needs its weights: --embedder {name}=PATH_OR_URI")
+    return name, uri or None
+
+
+def load_audio_embedder(name: str, weights: str | None) -> AudioEmbedder:
+    if name == "musicnn":
+        from jobs.evaluation.embedders.musicnn import MusicnnEmbedder
+
+        return MusicnnEmbedder(weights)
+    if name == "vggish":
+        from jobs.evaluation.embedders.vggish import VGGishEmbedder
+
+        return VGGishEmbedder(weights)
+    if name == "panns":
+        from jobs.evaluation.embedders.panns import PannsEmbedder
+
+        return PannsEmbedder(weights)
+    raise ValueError(f"unknown embedder {name!r}")
+
+
+__all__ = ["AUDIO_EMBEDDERS", "AudioEmbedder", "AudioFeatures", "load_audio_embedder", "parse_embedder"]
