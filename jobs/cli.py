@@ -357,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="audio embedder, repeatable: musicnn (default, offline), vggish=PATH, panns=PATH",
     )
     ev.add_argument("--clap", help="CLAP checkpoint directory (transformers layout) for the audio-text score")
+    ev.add_argument("--imagebind", help="ImageBind checkpoint (imagebind_huge.pth) for the audio-video score")
     ev.add_argument("--address", help="Ray cluster address (default: start a local one)")
     ev.add_argument("--actors", type=int, default=2, help="evaluation actors")
     ev.add_argument("--actor-cpus", type=float, default=0.5, help="CPUs per actor")

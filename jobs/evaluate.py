@@ -58,6 +58,7 @@ class EvaluateConfig(BaseModel):
     prompts: str | None = None
     embedders: list[str] = Field(default_factory=lambda: ["musicnn"])
     clap: str | None = None
+    imagebind: str | None = None
     address: str | None = None
     actors: int = Field(default=2, ge=1)
     actor_cpus: float = Field(default=0.5, gt=0)
@@ -134,13 +135,17 @@ def _file_name(name: str) -> str:
 class ClipEvaluator:
     """A Ray Data actor: loads the embedders once, then evaluates one clip per call."""
 
-    def __init__(self, embedders: list[str], clap: str | None, out: str):
+    def __init__(self, embedders: list[str], clap: str | None, imagebind: str | None, out: str):
         self.embedders = [load_audio_embedder(*parse_embedder(spec)) for spec in embedders]
-        self.clap = None
+        self.clap = self.imagebind = None
         if clap:
             from jobs.evaluation.embedders.clap import ClapScorer
 
             self.clap = ClapScorer(clap)
+        if imagebind:
+            from jobs.evaluation.embedders.imagebind import ImageBindScorer
+
+            self.imagebind = ImageBindScorer(imagebind)
         self.out = out
 
     def __call__(self, row: dict) -> dict:
@@ -185,6 +190,8 @@ class ClipEvaluator:
             out["cuts"] = len(cuts)
             if len(cuts):
                 out["cut_f_measure"] = cut_alignment(cuts, beats)["f_measure"]
+            if self.imagebind is not None:
+                out["imagebind_cosine"] = float(self.imagebind.audio(audio, RATE) @ self.imagebind.video(row["video"]))
         if self.clap is not None and row["prompt"]:
             out["clap_cosine"] = float(self.clap.audio(audio, RATE) @ self.clap.text(row["prompt"]))
         tagger = next((e for e in self.embedders if getattr(e, "labels", None)), None)
@@ -250,6 +257,7 @@ ANALYSES = (
     ("key score (MIREX)", "key_score", "essentia KeyExtractor"),
     ("beat-to-cut F-measure", "cut_f_measure", "histogram cuts + librosa beats (mir_eval, ±0.1 s)"),
     ("CLAP audio-text cosine", "clap_cosine", "CLAP"),
+    ("ImageBind audio-video cosine", "imagebind_cosine", "ImageBind (huge)"),
     ("loudness LUFS (mean)", "loudness_lufs", "essentia EBU R128"),
     ("clipped fraction (mean)", "clipped_fraction", "sample peaks"),
     ("silent fraction (mean)", "silent_fraction", "RMS < -60 dBFS"),
@@ -280,7 +288,12 @@ def run(cfg: EvaluateConfig) -> dict:
         ray.init(address=cfg.address, log_to_driver=False, configure_logging=False)
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
         ClipEvaluator,
-        fn_constructor_kwargs={"embedders": cfg.embedders, "clap": cfg.clap, "out": cfg.out},
+        fn_constructor_kwargs={
+            "embedders": cfg.embedders,
+            "clap": cfg.clap,
+            "imagebind": cfg.imagebind,
+            "out": cfg.out,
+        },
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
         num_cpus=cfg.actor_cpus,
     )

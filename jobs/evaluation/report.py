@@ -68,6 +68,8 @@ CLIP_COLUMNS = (
     ("LUFS", "loudness_lufs"),
     ("clipped", "clipped_fraction"),
     ("silent", "silent_fraction"),
+    ("CLAP", "clap_cosine"),
+    ("ImageBind", "imagebind_cosine"),
     ("top tags", "top_tags"),
     ("error", "error"),
 )

@@ -243,3 +243,15 @@ def test_clap_scores_a_matching_prompt_above_a_mismatched_one(renders):
     piano = next(r for r in renders if "joplin" in r["source"])
     audio = clap.audio(sf.read(piano["audio"], always_2d=True)[0].T, 48000)
     assert audio @ clap.text("solo piano ragtime") > audio @ clap.text("a heavy metal band with distorted guitars")
+
+
+def test_imagebind_hears_the_same_music_closer_than_noise(renders, tmp_path):
+    from jobs.evaluation.embedders.imagebind import ImageBindScorer
+
+    imagebind = ImageBindScorer(_weights("VIDEOROBIN_IMAGEBIND_WEIGHTS"))
+    audio = sf.read(renders[0]["audio"], always_2d=True)[0].T
+    music, shifted = imagebind.audio(audio, 48000), imagebind.audio(np.roll(audio, 480, axis=1), 48000)
+    noise = imagebind.audio(np.random.default_rng(0).standard_normal((2, 48000 * 10)) * 0.1, 48000)
+    assert music @ shifted > music @ noise
+    video = imagebind.video(renders[0]["video"])
+    assert video.shape == music.shape and -1.0 <= float(video @ music) <= 1.0

@@ -6,7 +6,8 @@ Audio embedders (`AudioEmbedder`): a clip -> one embedding, plus class probabili
     vggish    VGGish (torchvggish .pth): 128-d, for FAD
     panns     PANNs CNN14 (.pth): 2048-d, 527 AudioSet classes, for FD, KL and IS
 
-Cross-modal scorers: `clap` (audio-text cosine), `imagebind` (audio-video cosine).
+Cross-modal scorers: `clap.ClapScorer` (audio-text cosine), `imagebind.ImageBindScorer` (audio-video
+cosine).
 Every number a report prints names the embedder that produced it.
 """
 
