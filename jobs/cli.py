@@ -223,6 +223,38 @@ def _evaluate(args) -> dict:
     return {**summary, "exit_status": 1 if summary["failed"] else 0}
 
 
+def _serve(args) -> dict:
+    import signal
+    import tempfile
+
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+    from deployments.config import load_serve_config
+    from model.build import build_bundle
+    from model.checkpoint import save_bundle
+    from model.config import load_config
+
+    checkpoint = args.checkpoint
+    if checkpoint is None and not args.config:
+        checkpoint = tempfile.mkdtemp(prefix="videorobin-serve-")
+        log.warning("no --checkpoint: serving randomly initialised %s weights (saved to %s)", args.preset, checkpoint)
+        save_bundle(build_bundle(load_config(args.preset, args.set)), checkpoint)
+    cfg = load_serve_config(args.config, checkpoint=checkpoint, mode=args.mode)
+    app = build_app(cfg)
+    ray.init(address=args.address, configure_logging=False)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(app, name="videorobin", route_prefix="/", blocking=False)
+    print(f"videorobin: serving {cfg.mode} on http://{args.host}:{args.port} (docs at /docs); Ctrl-C stops")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it like Ctrl-C
+    try:
+        signal.pause()
+    finally:
+        serve.shutdown()
+    return {}
+
+
 def _pool_args(p: argparse.ArgumentParser, stages: tuple[tuple[str, int], ...]) -> None:
     """Sizing flags of a Ray Data job's actor pools: --<stage>-actors/-batch/-gpus and --actor-cpus."""
     for stage, batch in stages:
@@ -362,6 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--actors", type=int, default=2, help="evaluation actors")
     ev.add_argument("--actor-cpus", type=float, default=0.5, help="CPUs per actor")
     ev.set_defaults(run=_evaluate)
+
+    srv = sub.add_parser("serve", help="the HTTP API on Ray Serve, until interrupted (GET /readyz when ready)")
+    srv.add_argument("--config", help="serving YAML: a ServeConfig, or a Serve config whose app args are one")
+    srv.add_argument("--checkpoint", help="model checkpoint (overrides the config's)")
+    srv.add_argument("--mode", choices=["disaggregated", "fused"], help="override the config's mode")
+    srv.add_argument("--preset", default="tiny", help="random weights of this preset when no checkpoint is given")
+    srv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (random model)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    srv.set_defaults(run=_serve)
 
     info = sub.add_parser("info", help="parameter counts per component")
     info.add_argument("--preset", default="paper")

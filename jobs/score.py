@@ -224,7 +224,7 @@ def _actor_stage(
 def build_pipeline(cfg: ScoreConfig, rows: list[dict], model_id: str) -> ray.data.Dataset:
     model_cfg = read_config(cfg.checkpoint)
     vision = model_cfg.vision
-    image_size = vision.tower.image_size if vision is not None and vision.tower is not None else 224
+    image_size = vision.frame_size if vision is not None else 224
     tasks = ray.data.TaskPoolStrategy(size=cfg.probe_tasks)  # each probe decodes a video: bound them
     ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / cfg.rows_per_block)))
     ds = ds.map(

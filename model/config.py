@@ -83,6 +83,11 @@ class VisionConfig(_Strict):
     fps: float = Field(default=5.0, gt=0)
     max_frames: int = Field(default=600, gt=0)
 
+    @property
+    def frame_size(self) -> int:
+        """Side of the square frames CLIP sees (the open_clip towers this project uses take 224 px)."""
+        return self.tower.image_size if self.tower is not None else 224
+
     @model_validator(mode="after")
     def _tower_width(self) -> VisionConfig:
         if self.tower is not None and self.tower.embed_dim != self.feature_dim:

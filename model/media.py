@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import struct
 import uuid
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,7 +22,15 @@ from model.io import local_copy, write_bytes_atomic
 
 
 class MediaError(ValueError):
-    """A video or audio input that cannot be used, with a one-line reason."""
+    """A video or audio input that cannot be used, with a one-line reason.
+
+    `kind` says which way it fails, for callers that map it to an error code: "unreadable" (not a media
+    file we can open, or no video in it), "empty" (no bytes, no duration or no frames), "undecodable"
+    (opens, but its frames cannot be decoded)."""
+
+    def __init__(self, message: str, kind: str = "unreadable") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -36,7 +45,7 @@ def _open(path: str):
     if not os.path.exists(path):
         raise MediaError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
-        raise MediaError(f"{path}: file is empty")
+        raise MediaError(f"{path}: file is empty", "empty")
     try:
         return av.open(path)
     except av.error.FFmpegError as err:
@@ -49,7 +58,7 @@ TEXT_AS_VIDEO_CODECS = {"ansi", "bintext", "xbin", "idf", "tty"}
 
 def _video_stream(container, path: str):
     if not container.streams:
-        raise MediaError(f"{path}: contains no media (a zero-length video?)")
+        raise MediaError(f"{path}: contains no media (a zero-length video?)", "empty")
     if not container.streams.video:
         raise MediaError(f"{path}: has no video stream")
     stream = container.streams.video[0]
@@ -71,7 +80,7 @@ def probe_video(path: str) -> VideoInfo:
         if not duration or duration <= 0:
             duration = _decoded_duration(container, stream, path, fps)
         if duration <= 0:
-            raise MediaError(f"{path}: video has zero length")
+            raise MediaError(f"{path}: video has zero length", "empty")
         return VideoInfo(
             duration_s=duration, width=stream.codec_context.width, height=stream.codec_context.height, fps=fps
         )
@@ -83,9 +92,11 @@ def _decoded_duration(container, stream, path: str, fps: float) -> float:
         for frame in container.decode(stream):
             last, count = frame.time, count + 1
     except av.error.FFmpegError as err:
-        raise MediaError(f"{path}: video cannot be decoded ({err.strerror or type(err).__name__})") from None
+        raise MediaError(
+            f"{path}: video cannot be decoded ({err.strerror or type(err).__name__})", "undecodable"
+        ) from None
     if count == 0:
-        raise MediaError(f"{path}: video has no frames")
+        raise MediaError(f"{path}: video has no frames", "empty")
     return (last or 0.0) + 1.0 / fps
 
 
@@ -117,9 +128,11 @@ def sample_frames(
                 if len(picked) == count:
                     break
         except av.error.FFmpegError as err:
-            raise MediaError(f"{path}: video cannot be decoded ({err.strerror or type(err).__name__})") from None
+            raise MediaError(
+                f"{path}: video cannot be decoded ({err.strerror or type(err).__name__})", "undecodable"
+            ) from None
     if previous is None:
-        raise MediaError(f"{path}: video has no frames")
+        raise MediaError(f"{path}: video has no frames", "empty")
     while len(picked) < count:  # the last frame stays on screen until the end
         picked.append(_crop(previous, size))
     return np.stack(picked)
@@ -133,10 +146,34 @@ def _crop(frame, size: int) -> np.ndarray:
     return rgb[top : top + size, left : left + size]
 
 
+def wav_header(frames: int, channels: int, sample_rate: int) -> bytes:
+    """The 44-byte header of a 16-bit PCM WAV holding `frames` samples per channel.
+
+    Known up front from the requested duration, so a streamed WAV is byte-identical to the whole file."""
+    data = frames * channels * 2
+    fmt = struct.pack("<HHIIHH", 1, channels, sample_rate, sample_rate * channels * 2, channels * 2, 16)
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + data)
+        + b"WAVEfmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", data)
+    )
+
+
+def pcm16(audio: np.ndarray) -> bytes:
+    """(C, S) float audio in [-1, 1] -> interleaved little-endian 16-bit samples."""
+    return np.round(np.clip(audio, -1, 1).T * 32767).astype("<i2").tobytes()
+
+
 def encode_audio(audio: np.ndarray, sample_rate: int, fmt: str = "wav") -> bytes:
     """(C, S) float audio in [-1, 1] -> WAV (16-bit PCM) or FLAC bytes."""
     if fmt not in ("wav", "flac"):
         raise MediaError(f"unsupported audio format {fmt!r} (wav or flac)")
+    if fmt == "wav":
+        return wav_header(audio.shape[1], audio.shape[0], sample_rate) + pcm16(audio)
     buf = io.BytesIO()
     sf.write(buf, np.clip(audio, -1, 1).T, sample_rate, format=fmt.upper(), subtype="PCM_16")
     return buf.getvalue()

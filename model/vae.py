@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -148,17 +149,35 @@ class OobleckVAE(nn.Module):
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
         """(B, D, L) -> (B, C, L * hop), in windows of `chunk` latents plus `context` on each side."""
-        chunk = chunk or self.cfg.chunk_latents
-        L = latents.shape[-1]
-        if L <= chunk:
-            return self.decoder(latents)
-        pieces = []
-        for start in range(0, L, chunk):
-            end = min(start + chunk, L)
-            lo, hi = max(0, start - self.context), min(L, end + self.context)
-            audio = self.decoder(latents[..., lo:hi])
-            pieces.append(audio[..., (start - lo) * self.hop : (end - lo) * self.hop])
-        return torch.cat(pieces, dim=-1)
+        windows = decode_windows(latents.shape[-1], chunk or self.cfg.chunk_latents, self.context)
+        return torch.cat([self.decode_window(latents[..., w.lo : w.hi], w) for w in windows], dim=-1)
+
+    @torch.no_grad()
+    def decode_window(self, latents: torch.Tensor, window: DecodeWindow) -> torch.Tensor:
+        """(B, D, hi - lo) latents of `window` -> (B, C, (end - start) * hop): the window's kept audio."""
+        audio = self.decoder(latents)
+        return audio[..., (window.start - window.lo) * self.hop : (window.end - window.lo) * self.hop]
+
+
+@dataclass(frozen=True)
+class DecodeWindow:
+    """Decode latents [lo, hi) and keep the audio of [start, end): the context either side makes it exact."""
+
+    lo: int
+    start: int
+    end: int
+    hi: int
+
+
+def decode_windows(length: int, chunk: int, context: int) -> list[DecodeWindow]:
+    """The windows `OobleckVAE.decode` cuts `length` latents into. A streaming decoder that decodes each
+    one as soon as latents up to its `hi` exist produces the same samples as the whole-clip decode."""
+    if length <= chunk:
+        return [DecodeWindow(0, 0, length, length)]
+    return [
+        DecodeWindow(max(0, start - context), start, min(start + chunk, length), min(length, start + chunk + context))
+        for start in range(0, length, chunk)
+    ]
 
 
 def _fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

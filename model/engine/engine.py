@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from model.build import Bundle
-from model.config import STATIC_PROMPT
+from model.config import STATIC_PROMPT, VideoRobinConfig
 from model.engine.request import GenerationParams, GenerationRequest
-from model.engine.runner import Runner, patch_noise
+from model.engine.runner import Runner, patch_noise, refine_patches
 from model.engine.scheduler import Scheduler
 from model.media import probe_video, sample_frames
 from model.vae import OobleckVAE
@@ -32,6 +32,29 @@ class PatchOutput:
     index: int  # 0-based patch number within the request
     patch: torch.Tensor  # (P, D) standardised latent frames, on the CPU
     finished: bool
+
+
+@dataclass
+class RefineBatch:
+    """One step's refinement inputs for the running rows: all a stateless refiner needs."""
+
+    rows: list[int]
+    mu: torch.Tensor  # (B, Hd) plans
+    prev: torch.Tensor  # (B, P, D) previous patches
+    noise: torch.Tensor  # (B, P, D)
+    steps: torch.Tensor  # (B,) Euler steps per row
+    guidance: torch.Tensor  # (B,) CFG scale per row
+
+    TENSORS = ("mu", "prev", "noise", "steps", "guidance")
+
+    def to(self, device: torch.device | str) -> RefineBatch:
+        return RefineBatch(self.rows, *(getattr(self, k).to(device) for k in self.TENSORS))
+
+    @classmethod
+    def concat(cls, batches: list[RefineBatch]) -> RefineBatch:
+        """Several steps' rows as one batch (row numbers are only meaningful per source)."""
+        rows = [r for b in batches for r in b.rows]
+        return cls(rows, *(torch.cat([getattr(b, k).cpu() for b in batches]) for k in cls.TENSORS))
 
 
 @dataclass
@@ -50,6 +73,57 @@ def decode_latents(vae: OobleckVAE, latents: torch.Tensor, duration_s: float) ->
     return audio[:, : round(duration_s * vae.sample_rate)].float().cpu().numpy()
 
 
+def tokenize_prompt(tokenizer, cfg: VideoRobinConfig, prompt: str | None) -> torch.Tensor:
+    """(Lt,) token ids of the prompt, or of the static video-only prompt when there is none."""
+    text = (prompt or "").strip() or STATIC_PROMPT
+    ids = tokenizer.encode(text)
+    if len(ids) > cfg.text.max_tokens:
+        raise ValueError(f"prompt has {len(ids)} tokens; the limit is {cfg.text.max_tokens}")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def resolve_duration(params: GenerationParams, video_duration_s: float | None, max_duration_s: float) -> float:
+    """Seconds of music: the asked duration, else the video's; refused above `max_duration_s`."""
+    duration = params.duration_s or video_duration_s
+    if duration is None:
+        raise ValueError("a duration is needed when no video is given")
+    if duration > max_duration_s:
+        raise ValueError(f"duration {duration:.2f} s exceeds this engine's limit of {max_duration_s:.0f} s")
+    return duration
+
+
+def check_frames(cfg: VideoRobinConfig, duration_s: float) -> int:
+    """How many frames the model sees over `duration_s`; refused above the vision config's maximum."""
+    needed = math.ceil(round(duration_s * cfg.vision.fps, 6))
+    if needed > cfg.vision.max_frames:
+        raise ValueError(
+            f"{duration_s:.1f} s needs {needed} frames at {cfg.vision.fps:g} fps; "
+            f"the model takes at most {cfg.vision.max_frames}"
+        )
+    return needed
+
+
+def build_request(
+    cfg: VideoRobinConfig,
+    tokenizer,
+    prompt: str | None,
+    params: GenerationParams,
+    duration_s: float,
+    frames: torch.Tensor | None,
+    request_id: str | None = None,
+) -> GenerationRequest:
+    if frames is not None and cfg.vision is None:
+        raise ValueError("this checkpoint has no vision (stage 1): it cannot take video frames")
+    return GenerationRequest(
+        request_id=request_id or uuid.uuid4().hex,
+        text_ids=tokenize_prompt(tokenizer, cfg, prompt),
+        frames=frames,
+        duration_s=duration_s,
+        n_patches=cfg.patches_for(duration_s),
+        params=params,
+    )
+
+
 class Engine:
     def __init__(
         self, bundle: Bundle, device: torch.device | str = "cpu", max_batch: int = 8, max_duration_s: float = 60.0
@@ -66,11 +140,7 @@ class Engine:
     # ---- preparing requests -------------------------------------------------------------------------
 
     def tokenize(self, prompt: str | None) -> torch.Tensor:
-        text = (prompt or "").strip() or STATIC_PROMPT
-        ids = self.bundle.tokenizer.encode(text)
-        if len(ids) > self.cfg.text.max_tokens:
-            raise ValueError(f"prompt has {len(ids)} tokens; the limit is {self.cfg.text.max_tokens}")
-        return torch.tensor(ids, dtype=torch.long)
+        return tokenize_prompt(self.bundle.tokenizer, self.cfg, prompt)
 
     @torch.no_grad()
     def encode_video(self, path: str, duration_s: float) -> torch.Tensor:
@@ -94,29 +164,11 @@ class Engine:
         """
         if video is not None:
             video_duration_s = probe_video(video).duration_s
-        duration = params.duration_s or video_duration_s
-        if duration is None:
-            raise ValueError("a duration is needed when no video is given")
-        if duration > self.max_duration_s:
-            raise ValueError(f"duration {duration:.2f} s exceeds this engine's limit of {self.max_duration_s:.0f} s")
+        duration = resolve_duration(params, video_duration_s, self.max_duration_s)
         if self.cfg.vision is not None and video is not None and frames is None:
-            needed = math.ceil(round(duration * self.cfg.vision.fps, 6))
-            if needed > self.cfg.vision.max_frames:
-                raise ValueError(
-                    f"{duration:.1f} s needs {needed} frames at {self.cfg.vision.fps:g} fps; "
-                    f"the model takes at most {self.cfg.vision.max_frames}"
-                )
+            check_frames(self.cfg, duration)
             frames = self.encode_video(video, duration)
-        if frames is not None and self.cfg.vision is None:
-            raise ValueError("this checkpoint has no vision (stage 1): it cannot take video frames")
-        return GenerationRequest(
-            request_id=request_id or uuid.uuid4().hex,
-            text_ids=self.tokenize(prompt),
-            frames=frames,
-            duration_s=duration,
-            n_patches=self.cfg.patches_for(duration),
-            params=params,
-        )
+        return build_request(self.cfg, self.bundle.tokenizer, prompt, params, duration, frames, request_id)
 
     # ---- the loop -----------------------------------------------------------------------------------
 
@@ -128,20 +180,36 @@ class Engine:
         if row is not None:
             self.runner.free([row])
 
-    def step(self) -> list[PatchOutput]:
-        """Admit waiting requests, then refine one patch for every running row and plan the next."""
+    def begin_step(self) -> RefineBatch | None:
+        """Admit waiting requests (prefill), then gather what refining every running row needs; None when idle."""
         admitted = self.scheduler.admit()
         if admitted:
             self.runner.plan_first([row for row, _ in admitted], [req for _, req in admitted])
         rows = self.scheduler.active_rows()
         if not rows:
-            return []
+            return None
         states = [self.scheduler.running[row] for row in rows]
         P, D = self.cfg.patch_size, self.cfg.latent_dim
         noise = torch.stack([patch_noise(s.request.params.seed, s.produced, (P, D)) for s in states])
-        steps = torch.tensor([s.request.params.steps for s in states], device=self.device)
-        guidance = torch.tensor([s.request.params.guidance for s in states], device=self.device)
-        patches = self.runner.refine(rows, noise.to(self.device), steps, guidance)
+        mu, prev = self.runner.pending(rows)
+        return RefineBatch(
+            rows=rows,
+            mu=mu,
+            prev=prev,
+            noise=noise.to(self.device),
+            steps=torch.tensor([s.request.params.steps for s in states], device=self.device),
+            guidance=torch.tensor([s.request.params.guidance for s in states], device=self.device),
+        )
+
+    @torch.no_grad()
+    def refine(self, batch: RefineBatch) -> torch.Tensor:
+        """The in-process refiner: (B, P, D) patches. A serving Planner sends `batch` to a Refiner instead."""
+        return refine_patches(self.bundle.model, batch.mu, batch.prev, batch.noise, batch.steps, batch.guidance)
+
+    def end_step(self, batch: RefineBatch, patches: torch.Tensor) -> list[PatchOutput]:
+        """Record each row's refined patch, plan the next one for rows that continue, release finished rows."""
+        patches = patches.to(self.device)
+        rows = batch.rows
         outputs, continuing, finished = [], [], []
         for row, patch in zip(rows, patches, strict=True):
             state = self.scheduler.record(row)
@@ -154,6 +222,11 @@ class Engine:
         if finished:
             self.runner.free(finished)
         return outputs
+
+    def step(self) -> list[PatchOutput]:
+        """One step of the loop with the in-process refiner: every running row gets one patch."""
+        batch = self.begin_step()
+        return [] if batch is None else self.end_step(batch, self.refine(batch))
 
     def stream(self, requests: list[GenerationRequest], progress: Progress | None = None) -> Iterator[PatchOutput]:
         """Yield patches as they are produced, for all `requests` advancing together."""

@@ -53,10 +53,10 @@ class Runner:
         self.mu[idx.index] = self.model.prefill(cond, self.caches, idx)
         self.prev[idx.index] = 0.0
 
-    @torch.no_grad()
-    def refine(self, rows: list[int], noise: torch.Tensor, steps: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+    def pending(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows' pending plans (B, Hd) and previous patches (B, P, D): what refining them needs."""
         idx = Rows.of(rows, self.device)
-        return refine_patches(self.model, idx.take(self.mu), idx.take(self.prev), noise, steps, guidance)
+        return idx.take(self.mu), idx.take(self.prev)
 
     @torch.no_grad()
     def plan_next(self, rows: list[int], patches: torch.Tensor) -> None:

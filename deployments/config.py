@@ -1,0 +1,97 @@
+"""The serving application's settings: model, mode, limits, security, and each deployment's Ray options.
+
+One typed object, read from the `args:` of a Serve config YAML (or `videorobin serve --config`), so a
+platform team edits one file. Validation happens here, before any replica starts.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TOKEN_ENV = "VIDEOROBIN_API_TOKEN"
+
+
+class Limits(BaseModel):
+    """What one request may ask for; every refusal is a JSON error with a stable code."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_upload_bytes: int = Field(default=200 * 2**20, gt=0)
+    max_json_bytes: int = Field(default=64 * 2**10, gt=0)
+    max_video_s: float = Field(default=120.0, gt=0)  # the video's length and the asked duration
+    max_frame_pixels: int = Field(default=3840 * 2160, gt=0)  # width x height of the video
+    max_prompt_tokens: int | None = Field(default=None, gt=0)  # None: the model's text.max_tokens
+    steps: tuple[int, int] = (1, 100)
+    guidance: tuple[float, float] = (0.0, 15.0)
+    request_timeout_s: float = Field(default=300.0, gt=0)  # a request is cut off after this, never hangs
+    max_in_flight: int = Field(default=32, gt=0)  # per Ingress replica; beyond it: 503 + Retry-After
+    retry_after_s: int = Field(default=2, ge=1)
+
+
+class DeploymentOptions(BaseModel):
+    """Ray Serve options of one deployment (the subset a platform team tunes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_replicas: int | None = Field(default=None, ge=1)
+    autoscaling_config: dict | None = None
+    max_ongoing_requests: int | None = Field(default=None, ge=1)
+    max_queued_requests: int | None = None
+    ray_actor_options: dict = Field(default_factory=dict)
+
+    def serve_options(self) -> dict:
+        return {k: v for k, v in self.model_dump().items() if v not in (None, {})}
+
+
+def _opts(max_ongoing_requests: int, cpus: float = 0.25) -> DeploymentOptions:
+    """Defaults that fit a laptop or a CI box; the cluster's Serve config gives GPUs and autoscaling."""
+    return DeploymentOptions(max_ongoing_requests=max_ongoing_requests, ray_actor_options={"num_cpus": cpus})
+
+
+class Deployments(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ingress: DeploymentOptions = Field(default_factory=lambda: _opts(64))
+    encoder: DeploymentOptions = Field(default_factory=lambda: _opts(32))
+    planner: DeploymentOptions = Field(default_factory=lambda: _opts(16))
+    refiner: DeploymentOptions = Field(default_factory=lambda: _opts(32))
+    decoder: DeploymentOptions = Field(default_factory=lambda: _opts(32))
+    fused: DeploymentOptions = Field(default_factory=lambda: _opts(16))
+
+
+class ServeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: str  # local path or fsspec URI, as everywhere else
+    mode: Literal["disaggregated", "fused"] = "disaggregated"
+    device: str | None = None  # None: cuda when the replica has a GPU, else cpu
+    planner_capacity: int = Field(default=8, ge=1)  # concurrent requests (KV-cache rows) per Planner replica
+    encoder_batch: int = Field(default=8, ge=1)
+    refiner_batch: int = Field(default=16, ge=1)  # planner steps merged into one LocDiT call
+    batch_wait_s: float = Field(default=0.005, ge=0)
+    refine_retry_s: float = Field(default=30.0, gt=0)  # how long a planner retries a lost Refiner
+    allowed_uri_prefixes: list[str] = Field(default_factory=list)  # where JSON `video_uri`s may point
+    auth_token: str | None = None  # bearer token; also read from $VIDEOROBIN_API_TOKEN
+    limits: Limits = Field(default_factory=Limits)
+    deployments: Deployments = Field(default_factory=Deployments)
+
+    @model_validator(mode="after")
+    def _token_from_env(self) -> ServeConfig:
+        if self.auth_token is None and os.environ.get(TOKEN_ENV):
+            self.auth_token = os.environ[TOKEN_ENV]
+        return self
+
+
+def load_serve_config(path: str | None, **overrides) -> ServeConfig:
+    """A YAML file holding either the ServeConfig itself or a Serve config whose first app's `args` it is."""
+    data: dict = {}
+    if path:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        if "applications" in data:
+            data = data["applications"][0].get("args", {})
+    return ServeConfig(**{**data, **{k: v for k, v in overrides.items() if v is not None}})

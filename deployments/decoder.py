@@ -1,0 +1,33 @@
+"""AudioDecoder: VAE decode of one overlapping window of latents, so audio streams while patches are made."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import torch
+from ray import serve
+
+from deployments.devices import pick_device
+from model.checkpoint import load_vae_from_checkpoint
+from model.vae import DecodeWindow, OobleckVAE
+
+
+@torch.no_grad()
+def decode_window(vae: OobleckVAE, latents: np.ndarray, window: DecodeWindow) -> np.ndarray:
+    """(D, hi - lo) latents of `window` -> (C, (end - start) * hop) float32 audio."""
+    x = torch.from_numpy(latents)[None].to(next(vae.parameters()).device)
+    return vae.decode_window(x, window)[0].float().cpu().numpy()
+
+
+@serve.deployment
+class AudioDecoder:
+    def __init__(self, checkpoint: str, device: str | None = None):
+        self.vae = load_vae_from_checkpoint(checkpoint, pick_device(device))
+
+    async def decode(self, latents: np.ndarray, window: DecodeWindow) -> np.ndarray:
+        """(D, hi - lo) latents of `window` -> (C, (end - start) * hop) float32 audio."""
+        return await asyncio.to_thread(decode_window, self.vae, latents, window)
+
+    async def ready(self) -> bool:
+        return True

@@ -1,0 +1,39 @@
+"""Refiner: stateless LocDiT trajectories (Euler steps, CFG) for the patches of many planner steps at once."""
+
+from __future__ import annotations
+
+import asyncio
+
+import torch
+from ray import serve
+
+from deployments.devices import pick_device
+from deployments.metrics import serving_metrics
+from model.checkpoint import load_bundle
+from model.engine import RefineBatch
+from model.engine.runner import refine_patches
+
+
+@serve.deployment
+class Refiner:
+    def __init__(self, checkpoint: str, device: str | None = None, max_batch: int = 16, wait_s: float = 0.005):
+        self.device = pick_device(device)
+        self.model = load_bundle(checkpoint, self.device).model.eval()
+        self.refine.set_max_batch_size(max_batch)
+        self.refine.set_batch_wait_timeout_s(wait_s)
+        self.metrics = serving_metrics()
+
+    @serve.batch
+    async def refine(self, batches: list[RefineBatch]) -> list[torch.Tensor]:
+        """Each planner step's rows -> their (B_i, P, D) patches; one LocDiT call over all rows."""
+        merged = RefineBatch.concat(batches).to(self.device)
+        self.metrics["batch"].observe(len(merged.rows), tags={"stage": "refiner"})
+        patches = await asyncio.to_thread(self._refine, merged)
+        return list(patches.split([len(b.rows) for b in batches]))
+
+    @torch.no_grad()
+    def _refine(self, batch: RefineBatch) -> torch.Tensor:
+        return refine_patches(self.model, batch.mu, batch.prev, batch.noise, batch.steps, batch.guidance).cpu()
+
+    async def ready(self) -> bool:
+        return True
