@@ -42,6 +42,8 @@ class DeploymentOptions(BaseModel):
     max_ongoing_requests: int | None = Field(default=None, ge=1)
     max_queued_requests: int | None = None
     ray_actor_options: dict = Field(default_factory=dict)
+    health_check_period_s: float | None = Field(default=None, gt=0)  # how soon a dead replica is replaced
+    graceful_shutdown_timeout_s: float | None = Field(default=None, ge=0)
 
     def serve_options(self) -> dict:
         return {k: v for k, v in self.model_dump().items() if v not in (None, {})}

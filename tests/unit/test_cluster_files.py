@@ -8,6 +8,7 @@ import shlex
 import ray
 import yaml
 
+from deployments.metrics import SERVING_METRICS
 from jobs import metrics
 from jobs.cli import build_parser
 
@@ -16,6 +17,9 @@ RAY_SOURCES = [  # where Ray defines the metrics our dashboards read: Ray Data's
     "data/_internal/stats.py",
     "data/_internal/execution/interfaces/op_runtime_metrics.py",
     "dashboard/modules/reporter/reporter_agent.py",
+    "serve/_private/replica.py",
+    "serve/_private/router.py",
+    "serve/_private/deployment_state.py",
 ]
 
 
@@ -37,6 +41,7 @@ def test_rayjob_manifests_pin_our_ray_and_run_commands_our_cli_accepts():
 
 def test_dashboards_name_only_metrics_that_exist():
     ours = {getattr(metrics, n) for n in dir(metrics) if n.startswith("SCORE_")} | set(metrics.TRAIN_GAUGES)
+    ours |= set(SERVING_METRICS)
     ray_root = pathlib.Path(ray.__file__).parent
     ray_source = "".join((ray_root / p).read_text() for p in RAY_SOURCES)
     for path in sorted((ROOT / "dashboards").glob("*.json")):
@@ -46,7 +51,7 @@ def test_dashboards_name_only_metrics_that_exist():
         for name in names:
             base = re.sub(r"_(total|bucket|sum|count)$", "", name.removeprefix("ray_"))
             if base.startswith("videorobin_"):
-                assert base in ours, f"{path.name}: {name} is not defined in jobs/metrics.py"
+                assert base in ours, f"{path.name}: {name} is not defined in jobs/metrics.py or deployments/metrics.py"
             else:
                 field = base.removeprefix("data_")
                 assert f'"{base}"' in ray_source or f"    {field}:" in ray_source, f"{path.name}: unknown {name}"
@@ -70,3 +75,14 @@ def test_training_jobs_ask_for_the_gpus_their_clusters_have():
     t2m = _train_flags(yaml.safe_load((ROOT / "cluster" / "train-t2m-rayjob.yaml").read_text())["spec"]["entrypoint"])
     assert nodes["min_workers"] * nodes["resources"]["GPU"] == t2m.workers
     assert launcher["available_node_types"][launcher["head_node_type"]]["resources"]["CPU"] == 0
+
+
+def test_serving_alert_rules_parse_and_name_only_serving_metrics():
+    doc = yaml.safe_load((ROOT / "dashboards" / "serving-alerts.yaml").read_text())
+    rules = [r for g in doc["groups"] for r in g["rules"]]
+    assert {r["alert"] for r in rules} >= {"VideoRobinHighErrorRate", "VideoRobinHighLatency"}
+    for rule in rules:
+        names = set(re.findall(r"\b(ray_[a-z_]+)", rule["expr"]))
+        assert names, rule["alert"]
+        for name in names:
+            assert re.sub(r"_(total|bucket|sum|count)$", "", name.removeprefix("ray_")) in SERVING_METRICS, name
