@@ -40,7 +40,7 @@ from model.checkpoint import load_bundle_tokenizer, read_config
 from model.engine import GenerationParams, GenerationRequest
 from model.engine.engine import build_request, check_frames, resolve_duration
 from model.media import MediaError, encode_audio, mux, pcm16, probe_video, sample_frames, wav_header
-from model.vae import decode_windows, decoder_context
+from model.vae import StreamingLatents, decoder_context
 
 log = logging.getLogger("ray.serve")
 
@@ -379,26 +379,19 @@ class Ingress:
     async def _audio_chunks(self, job: GenerationRequest, deadline: float) -> AsyncIterator[np.ndarray]:
         """(C, S) audio as each decode window's latents are complete: the streaming decode, equal to the
         whole-clip decode because the windows are the same ones `OobleckVAE.decode` uses."""
-        patch = self.model_cfg.patch_size
-        total = job.n_patches * patch
-        samples_left = round(job.duration_s * self.model_cfg.vae.sample_rate)
-        windows = iter(decode_windows(total, self.chunk, self.context))
-        window = next(windows)
-        latents = np.zeros((self.model_cfg.latent_dim, total), np.float32)
-        have = 0
+        cfg = self.model_cfg
+        clip = StreamingLatents(
+            cfg.latent_dim,
+            job.n_patches * cfg.patch_size,
+            self.chunk,
+            self.context,
+            round(job.duration_s * cfg.vae.sample_rate),
+        )
         patches = self.planner.generate.remote(job)
         try:
-            while window is not None:
-                latents[:, have : have + patch] = await _before(deadline, patches.__anext__())
-                have += patch
-                while window is not None and window.hi <= have:
-                    audio = await _before(
-                        deadline, self.decoder.decode.remote(latents[:, window.lo : window.hi], window)
-                    )
-                    audio = audio[:, :samples_left]
-                    samples_left -= audio.shape[1]
-                    yield audio
-                    window = next(windows, None)
+            while not clip.done:
+                for window, latents in clip.add(await _before(deadline, patches.__anext__())):
+                    yield clip.trim(await _before(deadline, self.decoder.decode.remote(latents, window)))
         except (RefinerUnavailable, RayActorError, ActorUnavailableError) as err:
             raise ApiError("unavailable", f"a model deployment is unavailable ({err})", 5) from None
         except BackPressureError:

@@ -250,6 +250,8 @@ def _serve(args) -> dict:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it like Ctrl-C
     try:
         signal.pause()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal way to stop a server
+        print("videorobin: stopping")
     finally:
         serve.shutdown()
     return {}

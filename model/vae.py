@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -178,6 +179,37 @@ def decode_windows(length: int, chunk: int, context: int) -> list[DecodeWindow]:
         DecodeWindow(max(0, start - context), start, min(start + chunk, length), min(length, start + chunk + context))
         for start in range(0, length, chunk)
     ]
+
+
+class StreamingLatents:
+    """One clip's latents arriving patch by patch: hands out each decode window as soon as its latents exist,
+    and trims the decoded audio to the clip's duration. Decoding every window it hands out, in order,
+    gives exactly `OobleckVAE.decode` of the whole clip."""
+
+    def __init__(self, dim: int, total: int, chunk: int, context: int, samples: int) -> None:
+        self.latents = np.zeros((dim, total), np.float32)
+        self.have, self.samples_left = 0, samples
+        self.windows = decode_windows(total, chunk, context)
+
+    def add(self, patch: np.ndarray) -> list[tuple[DecodeWindow, np.ndarray]]:
+        """Append (D, P) latents; returns the windows now complete with their (D, hi - lo) latents."""
+        self.latents[:, self.have : self.have + patch.shape[1]] = patch
+        self.have += patch.shape[1]
+        ready = []
+        while self.windows and self.windows[0].hi <= self.have:
+            window = self.windows.pop(0)
+            ready.append((window, self.latents[:, window.lo : window.hi]))
+        return ready
+
+    @property
+    def done(self) -> bool:
+        return not self.windows
+
+    def trim(self, audio: np.ndarray) -> np.ndarray:
+        """A window's (C, S) audio, cut where the clip's duration ends."""
+        audio = audio[:, : self.samples_left]
+        self.samples_left -= audio.shape[1]
+        return audio
 
 
 def _fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -7,7 +7,10 @@ import shlex
 
 import ray
 import yaml
+from ray.serve.config import AutoscalingConfig
+from ray.serve.schema import ServeDeploySchema
 
+from deployments.config import load_serve_config
 from deployments.metrics import SERVING_METRICS
 from jobs import metrics
 from jobs.cli import build_parser
@@ -86,3 +89,20 @@ def test_serving_alert_rules_parse_and_name_only_serving_metrics():
         assert names, rule["alert"]
         for name in names:
             assert re.sub(r"_(total|bucket|sum|count)$", "", name.removeprefix("ray_")) in SERVING_METRICS, name
+
+
+def test_serve_config_validates_and_the_rayservice_carries_it_on_enough_gpus():
+    path = ROOT / "cluster" / "serve-config.yaml"
+    doc = yaml.safe_load(path.read_text())
+    cfg = load_serve_config(str(path))  # the app's args are a valid ServeConfig
+    ServeDeploySchema.model_validate(doc)
+    options = [getattr(cfg.deployments, name) for name in ("ingress", "encoder", "planner", "refiner", "decoder")]
+    for opts in options:
+        AutoscalingConfig(**opts.autoscaling_config)  # the schema alone lets bad autoscaling values through
+    service = yaml.safe_load((ROOT / "cluster" / "rayservice.yaml").read_text())
+    assert service["kind"] == "RayService" and service["spec"]["rayClusterConfig"]["rayVersion"] == _pinned_ray()
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == {"applications": doc["applications"]}
+    min_gpus = sum(o.autoscaling_config["min_replicas"] * o.ray_actor_options.get("num_gpus", 0) for o in options)
+    (group,) = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    (container,) = group["template"]["spec"]["containers"]
+    assert 0 < min_gpus <= group["minReplicas"] * int(container["resources"]["limits"]["nvidia.com/gpu"])

@@ -1,12 +1,19 @@
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from model.config import load_config
-from model.vae import OobleckVAE, decoder_context, load_vae_from_stable_audio, vae_config_from_stable_audio
+from model.vae import (
+    OobleckVAE,
+    StreamingLatents,
+    decoder_context,
+    load_vae_from_stable_audio,
+    vae_config_from_stable_audio,
+)
 
 # Key names of the stable-audio-tools Oobleck layout (models/autoencoders.py), which the loader must accept.
 LAYOUT_KEYS = [
@@ -147,3 +154,21 @@ def test_unsupported_bottleneck_is_refused():
     conf["model"]["bottleneck"] = {"type": "rvq"}
     with pytest.raises(ValueError, match="bottleneck"):
         vae_config_from_stable_audio(conf)
+
+
+def test_latents_streamed_patch_by_patch_decode_to_the_whole_clip_bit_for_bit():
+    """What the Serve path does: decode each window as soon as its latents exist, trim to the duration."""
+    vae = OobleckVAE(load_config("tiny").vae)
+    latents = torch.randn(1, vae.cfg.decoder.latent_dim, 100)
+    samples = 100 * vae.hop - 777  # a duration that ends inside the last latent
+    whole = vae.decode(latents, chunk=32)[0, :, :samples]
+    stream = StreamingLatents(latents.shape[1], 100, 32, vae.context, samples)
+    pieces, first_at = [], None
+    for start in range(0, 100, 4):  # 4-latent patches
+        for window, window_latents in stream.add(latents[0, :, start : start + 4].numpy()):
+            first_at = first_at if first_at is not None else start + 4
+            audio = vae.decode_window(torch.from_numpy(window_latents.copy())[None], window)[0].numpy()
+            pieces.append(stream.trim(audio))
+    assert stream.done and len(pieces) == 4
+    assert first_at == 32 + vae.context + (-(32 + vae.context) % 4)  # the first window needs its right context
+    assert torch.equal(torch.from_numpy(np.concatenate(pieces, axis=1)), whole)
