@@ -175,7 +175,7 @@ class Ingress:
         self.model_cfg = read_config(self.cfg.checkpoint)
         self.tokenizer = load_bundle_tokenizer(self.cfg.checkpoint, self.model_cfg)
         vae = self.model_cfg.vae
-        self.context, self.chunk, self.hop = decoder_context(vae.decoder), vae.chunk_latents, vae.hop
+        self.context, self.chunk = decoder_context(vae.decoder), vae.chunk_latents
         self.encoder, self.decoder = encoder, decoder
         self.planner = planner.options(stream=True)
         self.handles = [h for h in (encoder, planner, decoder) if h is not None]

@@ -28,7 +28,15 @@ from jobs.catalogue import read_manifests
 from jobs.evaluation.cuts import cut_alignment, detect_cuts
 from jobs.evaluation.distribution import density_coverage, frechet_distance_between, inception_score, kl_divergence
 from jobs.evaluation.embedders import load_audio_embedder, parse_embedder
-from jobs.evaluation.music import beat_times, estimate_key, key_score, parse_key, parse_tempo, tempo_score
+from jobs.evaluation.music import (
+    beat_times,
+    compile_beat_tracker,
+    estimate_key,
+    key_score,
+    parse_key,
+    parse_tempo,
+    tempo_score,
+)
 from jobs.evaluation.qc import technical_qc
 from jobs.evaluation.report import render_html, spectrogram_png
 from jobs.score_tasks import MEDIA_ERRORS, error_text
@@ -136,6 +144,7 @@ class ClipEvaluator:
     """A Ray Data actor: loads the embedders once, then evaluates one clip per call."""
 
     def __init__(self, embedders: list[str], clap: str | None, imagebind: str | None, out: str):
+        compile_beat_tracker()
         self.embedders = [load_audio_embedder(*parse_embedder(spec)) for spec in embedders]
         self.clap = self.imagebind = None
         if clap:

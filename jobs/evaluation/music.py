@@ -7,7 +7,9 @@ apart, same mode), 0.3 (relative), 0.2 (parallel), else 0, as in MIREX key detec
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,6 +67,21 @@ def beat_times(audio: np.ndarray, sample_rate: int) -> tuple[float, np.ndarray]:
     y = to_mono(audio, sample_rate, ANALYSIS_RATE)
     tempo, beats = librosa.beat.beat_track(y=y, sr=ANALYSIS_RATE, units="time")
     return float(np.atleast_1d(tempo)[0]), np.asarray(beats, np.float64)
+
+
+def compile_beat_tracker() -> None:
+    """Compile librosa's numba beat tracker once per machine, before parallel use.
+
+    librosa caches the compiled code beside its sources. Processes compiling it at the same moment can
+    leave a corrupt cache that segfaults every later load (two evaluation actors on a fresh install
+    did), so one process compiles and writes it under a machine-wide lock and the others then read it.
+    """
+    from filelock import FileLock
+
+    clicks = np.zeros(ANALYSIS_RATE * 4, np.float32)
+    clicks[:: ANALYSIS_RATE // 2] = 1.0  # 120 BPM: the whole tracking path runs, as on real audio
+    with FileLock(os.path.join(tempfile.gettempdir(), "videorobin-numba.lock")):
+        beat_times(clicks, ANALYSIS_RATE)
 
 
 def estimate_key(audio: np.ndarray, sample_rate: int) -> Key:
