@@ -25,7 +25,6 @@ CODES = {
     "not_ready": 503,
     "internal_error": 500,
 }
-RETRYABLE = ("overloaded", "unavailable", "not_ready")
 
 
 class ApiError(Exception):

@@ -23,7 +23,6 @@ import fsspec
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
@@ -104,20 +103,10 @@ api = FastAPI(
 )
 
 
-@api.exception_handler(ApiError)
-async def _api_error(_request: Request, err: ApiError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
-
-
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(_request: Request, err: StarletteHTTPException) -> JSONResponse:
     code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "invalid_request")
     return JSONResponse({"code": code, "message": str(err.detail)}, status_code=err.status_code)
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(_request: Request, err: RequestValidationError) -> JSONResponse:
-    return JSONResponse({"code": "invalid_request", "message": str(err.errors()[:1])}, status_code=400)
 
 
 async def _before(deadline: float, awaitable):
