@@ -29,6 +29,7 @@ from ray import serve
 
 from deployments.app import build_app
 from deployments.config import ServeConfig
+from deployments.decoder import decode_window
 from model.build import build_bundle
 from model.checkpoint import load_bundle, save_bundle
 from model.config import load_config
@@ -119,8 +120,7 @@ def engine_closed_loop(checkpoint: str, video: str, clients: int, seconds: float
         for output in engine.step():
             entry = live[output.request_id]
             for window, latents in entry[1].add(engine.to_latents(output.patch).numpy()):
-                with torch.no_grad():
-                    entry[1].trim(vae.decode_window(torch.from_numpy(latents.copy())[None], window)[0].numpy())
+                entry[1].trim(decode_window(vae, latents, window))
                 if entry[2] is None:
                     entry[2] = time.monotonic() - entry[0]
             if output.finished:

@@ -37,7 +37,7 @@ from deployments.planner import RefinerUnavailable
 from deployments.uris import check_video_uri
 from model.checkpoint import load_bundle_tokenizer, read_config
 from model.engine import GenerationParams, GenerationRequest
-from model.engine.engine import build_request, check_frames, resolve_duration
+from model.engine.engine import build_request, check_frames, resolve_duration, tokenize_prompt
 from model.media import MediaError, encode_audio, mux, pcm16, probe_video, sample_frames, wav_header
 from model.vae import StreamingLatents, decoder_context
 
@@ -325,6 +325,7 @@ class Ingress:
     async def _prepare(self, options: SoundtrackOptions, video: str, name: str) -> GenerationRequest:
         """Probe and check the video, encode its frames, tokenise the prompt: a request the Planner can run."""
         params = self._params(options)
+        text_ids = self._tokenize(options.prompt)
         limits = self.cfg.limits
         try:
             info = await asyncio.to_thread(probe_video, video)
@@ -350,18 +351,18 @@ class Ingress:
             raise media_error(err, name) from None
         except ValueError as err:
             raise ApiError("video_too_long", str(err)) from None
-        self._check_prompt(options.prompt)
+        return build_request(self.model_cfg, text_ids, params, duration, features, uuid.uuid4().hex)
+
+    def _tokenize(self, prompt: str | None) -> torch.Tensor:
+        """The prompt's token ids, checked against the model's and the server's limits before any frame work."""
         try:
-            return build_request(
-                self.model_cfg, self.tokenizer, options.prompt, params, duration, features, uuid.uuid4().hex
-            )
+            ids = tokenize_prompt(self.tokenizer, self.model_cfg, prompt)
         except ValueError as err:
             raise ApiError("prompt_too_long", str(err)) from None
-
-    def _check_prompt(self, prompt: str | None) -> None:
         limit = self.cfg.limits.max_prompt_tokens
-        if limit is not None and prompt and len(self.tokenizer.encode(prompt)) > limit:
-            raise ApiError("prompt_too_long", f"prompt has more than {limit} tokens")
+        if limit is not None and prompt and len(ids) > limit:
+            raise ApiError("prompt_too_long", f"prompt has {len(ids)} tokens; this server takes at most {limit}")
+        return ids
 
     # ---- generation and decoding ----------------------------------------------------------------------
 

@@ -73,7 +73,6 @@ class PatchLoop:
             if not self.engine.scheduler.has_work():
                 return  # no await since the inbox was drained: a new request restarts the task
             self.metrics["queue"].set(len(self.queues), tags={"stage": "planner"})
-            batch = None
             try:
                 batch = await asyncio.to_thread(self.engine.begin_step)
                 if batch is None:

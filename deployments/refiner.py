@@ -11,7 +11,7 @@ from deployments.devices import pick_device
 from deployments.metrics import serving_metrics
 from model.checkpoint import load_bundle
 from model.engine import RefineBatch
-from model.engine.runner import refine_patches
+from model.engine.engine import refine_batch
 
 
 @serve.deployment
@@ -31,9 +31,8 @@ class Refiner:
         patches = await asyncio.to_thread(self._refine, merged)
         return list(patches.split([len(b.rows) for b in batches]))
 
-    @torch.no_grad()
     def _refine(self, batch: RefineBatch) -> torch.Tensor:
-        return refine_patches(self.model, batch.mu, batch.prev, batch.noise, batch.steps, batch.guidance).cpu()
+        return refine_batch(self.model, batch).cpu()
 
     async def ready(self) -> bool:
         return True

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from model.config import OobleckDecoderConfig, OobleckEncoderConfig, VAEConfig
-from model.io import open_uri, read_bytes
-from model.weights import read_safetensors
+from model.io import open_uri
+from model.weights import read_safetensors, read_torch_checkpoint
 
 RESIDUAL_DILATIONS = (1, 3, 9)
 
@@ -240,9 +240,7 @@ def read_stable_audio_state_dict(uri: str) -> dict[str, torch.Tensor]:
     if uri.endswith(".safetensors"):
         state = read_safetensors(uri)
     else:
-        import io
-
-        state = torch.load(io.BytesIO(read_bytes(uri)), map_location="cpu", weights_only=True)
+        state = read_torch_checkpoint(uri)
         state = state.get("state_dict", state)
     if any(k.startswith("autoencoder.") for k in state):
         state = {k.removeprefix("autoencoder."): v for k, v in state.items() if k.startswith("autoencoder.")}

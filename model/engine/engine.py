@@ -22,6 +22,7 @@ from model.engine.runner import Runner, patch_noise, refine_patches
 from model.engine.scheduler import Scheduler
 from model.media import probe_video, sample_frames
 from model.vae import OobleckVAE
+from model.videorobin import VideoRobin
 
 Progress = Callable[[int, int], None]  # (patches done, patches total)
 
@@ -55,6 +56,12 @@ class RefineBatch:
         """Several steps' rows as one batch (row numbers are only meaningful per source)."""
         rows = [r for b in batches for r in b.rows]
         return cls(rows, *(torch.cat([getattr(b, k).cpu() for b in batches]) for k in cls.TENSORS))
+
+
+@torch.no_grad()
+def refine_batch(model: VideoRobin, batch: RefineBatch) -> torch.Tensor:
+    """One LocDiT trajectory per row of `batch`: (B, P, D) patches."""
+    return refine_patches(model, batch.mu, batch.prev, batch.noise, batch.steps, batch.guidance)
 
 
 @dataclass
@@ -105,8 +112,7 @@ def check_frames(cfg: VideoRobinConfig, duration_s: float) -> int:
 
 def build_request(
     cfg: VideoRobinConfig,
-    tokenizer,
-    prompt: str | None,
+    text_ids: torch.Tensor,
     params: GenerationParams,
     duration_s: float,
     frames: torch.Tensor | None,
@@ -116,7 +122,7 @@ def build_request(
         raise ValueError("this checkpoint has no vision (stage 1): it cannot take video frames")
     return GenerationRequest(
         request_id=request_id or uuid.uuid4().hex,
-        text_ids=tokenize_prompt(tokenizer, cfg, prompt),
+        text_ids=text_ids,
         frames=frames,
         duration_s=duration_s,
         n_patches=cfg.patches_for(duration_s),
@@ -168,7 +174,7 @@ class Engine:
         if self.cfg.vision is not None and video is not None and frames is None:
             check_frames(self.cfg, duration)
             frames = self.encode_video(video, duration)
-        return build_request(self.cfg, self.bundle.tokenizer, prompt, params, duration, frames, request_id)
+        return build_request(self.cfg, self.tokenize(prompt), params, duration, frames, request_id)
 
     # ---- the loop -----------------------------------------------------------------------------------
 
@@ -201,10 +207,9 @@ class Engine:
             guidance=torch.tensor([s.request.params.guidance for s in states], device=self.device),
         )
 
-    @torch.no_grad()
     def refine(self, batch: RefineBatch) -> torch.Tensor:
         """The in-process refiner: (B, P, D) patches. A serving Planner sends `batch` to a Refiner instead."""
-        return refine_patches(self.bundle.model, batch.mu, batch.prev, batch.noise, batch.steps, batch.guidance)
+        return refine_batch(self.bundle.model, batch)
 
     def end_step(self, batch: RefineBatch, patches: torch.Tensor) -> list[PatchOutput]:
         """Record each row's refined patch, plan the next one for rows that continue, release finished rows."""

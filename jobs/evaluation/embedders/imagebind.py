@@ -12,8 +12,6 @@ each video frame is centre-cropped once, where ImageBind averages three spatial 
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,8 +19,8 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from jobs.evaluation.music import to_mono
-from model.io import read_bytes
 from model.media import probe_video, sample_frames
+from model.weights import read_torch_checkpoint
 
 SAMPLE_RATE = 16000
 CLIP_S = 2.0
@@ -197,7 +195,7 @@ TOWERS = ("modality_preprocessors.", "modality_trunks.", "modality_heads.")
 
 
 def load_imagebind(weights: str) -> ImageBindAudioVideo:
-    state = torch.load(io.BytesIO(read_bytes(weights)), map_location="cpu", weights_only=True)
+    state = read_torch_checkpoint(weights)
     state = {k: v for k, v in state.items() if k.startswith(TOWERS) and k.split(".")[1] in ("vision", "audio")}
 
     def depth(modality: str) -> int:

@@ -8,8 +8,6 @@ from the checkpoint itself, and its size tells which of the two variants it is.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -17,7 +15,7 @@ from torch import nn
 
 from jobs.evaluation.embedders.base import AudioFeatures
 from jobs.evaluation.music import to_mono
-from model.io import read_bytes
+from model.weights import read_torch_checkpoint
 
 VARIANTS = {513: (32000, 1024, 320), 257: (16000, 512, 160)}  # FFT bins -> (sample rate, window, hop)
 CHANNELS = (64, 128, 256, 512, 1024, 2048)
@@ -69,7 +67,7 @@ class Cnn14(nn.Module):
 
 
 def load_cnn14(weights: str) -> Cnn14:
-    state = torch.load(io.BytesIO(read_bytes(weights)), map_location="cpu", weights_only=True)
+    state = read_torch_checkpoint(weights)
     state = state.get("model", state)
     mel = state["logmel_extractor.melW"]
     net = Cnn14(fft_bins=mel.shape[0], n_mels=mel.shape[1], classes=state["fc_audioset.weight"].shape[0])

@@ -7,15 +7,13 @@ embedding is the 128-d layer before VGGish's PCA/quantisation, as FAD uses it.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 from torch import nn
 
 from jobs.evaluation.embedders.base import AudioFeatures
 from jobs.evaluation.music import to_mono
-from model.io import read_bytes
+from model.weights import read_torch_checkpoint
 
 SAMPLE_RATE = 16000
 WINDOW, HOP, N_FFT = 400, 160, 512  # 25 ms windows every 10 ms
@@ -79,7 +77,7 @@ class VGGishEmbedder:
 
     def __init__(self, weights: str):
         self.net = VGGish().eval()
-        state = torch.load(io.BytesIO(read_bytes(weights)), map_location="cpu", weights_only=True)
+        state = read_torch_checkpoint(weights)
         self.net.load_state_dict({k: v for k, v in state.items() if not k.startswith("pproc")})
 
     @torch.no_grad()
