@@ -107,9 +107,7 @@ def engine_closed_loop(checkpoint: str, video: str, clients: int, seconds: float
         started = time.monotonic()
         request = engine.make_request(video, PROMPT, params)
         samples = round(request.duration_s * vae.sample_rate)
-        clip = StreamingLatents(
-            cfg.latent_dim, request.n_patches * cfg.patch_size, vae.cfg.chunk_latents, vae.context, samples
-        )
+        clip = StreamingLatents(cfg.vae, request.n_patches * cfg.patch_size, samples)
         live[request.request_id] = [started, clip, None]
         engine.add(request)
 
@@ -120,7 +118,7 @@ def engine_closed_loop(checkpoint: str, video: str, clients: int, seconds: float
         for output in engine.step():
             entry = live[output.request_id]
             for window, latents in entry[1].add(engine.to_latents(output.patch).numpy()):
-                entry[1].trim(decode_window(vae, latents, window))
+                entry[1].emit(window, decode_window(vae, latents, window))
                 if entry[2] is None:
                     entry[2] = time.monotonic() - entry[0]
             if output.finished:

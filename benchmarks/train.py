@@ -29,7 +29,8 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from jobs.train import TrainConfig, latest_train_state, resolve_model, run
+from jobs.train import TrainConfig, resolve_model, run
+from jobs.train_runs import latest_train_state
 from model.build import parameter_counts
 from model.training import collate
 from model.videorobin import VideoRobin

@@ -10,11 +10,11 @@ from ray import serve
 
 from deployments.devices import pick_device
 from model.checkpoint import load_vae_from_checkpoint
-from model.vae import DecodeWindow, OobleckVAE
+from model.vae import AudioAutoencoder, DecodeWindow
 
 
 @torch.no_grad()
-def decode_window(vae: OobleckVAE, latents: np.ndarray, window: DecodeWindow) -> np.ndarray:
+def decode_window(vae: AudioAutoencoder, latents: np.ndarray, window: DecodeWindow) -> np.ndarray:
     """(D, hi - lo) latents of `window` -> (C, (end - start) * hop) float32 audio."""
     x = torch.from_numpy(latents)[None].to(next(vae.parameters()).device)
     return vae.decode_window(x, window)[0].float().cpu().numpy()

@@ -39,7 +39,7 @@ from model.checkpoint import load_bundle_tokenizer, read_config
 from model.engine import GenerationParams, GenerationRequest
 from model.engine.engine import build_request, check_frames, resolve_duration, tokenize_prompt
 from model.media import MediaError, encode_audio, mux, pcm16, probe_video, sample_frames, wav_header
-from model.vae import StreamingLatents, decoder_context
+from model.vae import StreamingLatents
 
 log = logging.getLogger("ray.serve")
 
@@ -55,8 +55,8 @@ class SoundtrackOptions(BaseModel):
     prompt: str | None = None  # creator intent; default: the static video-only prompt
     seed: int = 0
     duration: float | None = None  # seconds of music; default: the video's length
-    steps: int = 20  # Euler steps per patch
-    guidance: float = 2.0  # classifier-free guidance scale
+    steps: int | None = None  # Euler steps per patch; default: the model's
+    guidance: float | None = None  # classifier-free guidance scale; default: the model's
     format: Literal["wav", "flac", "mp4"] = "wav"  # mp4 = the input video with the music muxed in
     stream: bool = False  # stream the audio as a WAV while it is generated (format must be wav)
 
@@ -163,8 +163,6 @@ class Ingress:
         self.cfg = ServeConfig(**config)
         self.model_cfg = read_config(self.cfg.checkpoint)
         self.tokenizer = load_bundle_tokenizer(self.cfg.checkpoint, self.model_cfg)
-        vae = self.model_cfg.vae
-        self.context, self.chunk = decoder_context(vae.decoder), vae.chunk_latents
         self.encoder, self.decoder = encoder, decoder
         self.planner = planner.options(stream=True)
         self.handles = [h for h in (encoder, planner, decoder) if h is not None]
@@ -316,7 +314,7 @@ class Ingress:
             ("seed", options.seed, 0, 2**63 - 1),
         ]
         for field, value, lo, hi in checks:
-            if not lo <= value <= hi:
+            if value is not None and not lo <= value <= hi:
                 raise ApiError("invalid_parameter", f"{field} must be in [{lo}, {hi}] (got {value})")
         if options.duration is not None and not 0 < options.duration <= limits.max_video_s:
             raise ApiError("invalid_parameter", f"duration must be in (0, {limits.max_video_s:g}] s")
@@ -368,20 +366,14 @@ class Ingress:
 
     async def _audio_chunks(self, job: GenerationRequest, deadline: float) -> AsyncIterator[np.ndarray]:
         """(C, S) audio as each decode window's latents are complete: the streaming decode, equal to the
-        whole-clip decode because the windows are the same ones `OobleckVAE.decode` uses."""
+        whole-clip decode because the windows are the same ones `AudioAutoencoder.decode` uses."""
         cfg = self.model_cfg
-        clip = StreamingLatents(
-            cfg.latent_dim,
-            job.n_patches * cfg.patch_size,
-            self.chunk,
-            self.context,
-            round(job.duration_s * cfg.vae.sample_rate),
-        )
+        clip = StreamingLatents(cfg.vae, job.n_patches * cfg.patch_size, round(job.duration_s * cfg.vae.sample_rate))
         patches = self.planner.generate.remote(job)
         try:
             while not clip.done:
                 for window, latents in clip.add(await _before(deadline, patches.__anext__())):
-                    yield clip.trim(await _before(deadline, self.decoder.decode.remote(latents, window)))
+                    yield clip.emit(window, await _before(deadline, self.decoder.decode.remote(latents, window)))
         except (RefinerUnavailable, RayActorError, ActorUnavailableError) as err:
             raise ApiError("unavailable", f"a model deployment is unavailable ({err})", 5) from None
         except BackPressureError:
@@ -393,7 +385,7 @@ class Ingress:
         return np.concatenate([a async for a in self._audio_chunks(job, deadline)], axis=1)
 
     async def _stream_wav(self, job: GenerationRequest, route: str, started: float, deadline: float):
-        rate, channels = self.model_cfg.vae.sample_rate, self.model_cfg.vae.decoder.out_channels
+        rate, channels = self.model_cfg.vae.sample_rate, self.model_cfg.vae.audio_channels
         status = 200
         try:
             yield wav_header(round(job.duration_s * rate), channels, rate)

@@ -119,12 +119,12 @@ def _demo(args) -> dict:
 def _info(args) -> dict:
     from model.build import parameter_counts
     from model.config import load_config
-    from model.vae import OobleckVAE
+    from model.vae import build_vae
     from model.videorobin import VideoRobin
 
     cfg = load_config(args.preset, args.set)
     with torch.device("meta"):  # count without allocating (the paper preset is ~1 B parameters)
-        counts = parameter_counts(VideoRobin(cfg), OobleckVAE(cfg.vae))
+        counts = parameter_counts(VideoRobin(cfg), build_vae(cfg.vae))
     width = max(map(len, counts))
     for name, n in counts.items():
         print(f"{name:<{width}}  {n:>13,}  ({n / 1e6:.1f} M)")
@@ -170,24 +170,27 @@ def _score(args) -> dict:
 
 
 def _make_dataset(args) -> dict:
-    from jobs.dataset import RenderError, make_dataset
+    from jobs.dataset import DatasetConfig, RenderError, run
 
-    if args.clips < 1 or args.duration <= 0:
-        raise CLIError("--clips must be >= 1 and --duration > 0")
     try:
-        manifest = make_dataset(args.out, args.clips, args.duration, args.soundfont)
+        return run(DatasetConfig(**_job_flags(args, DatasetConfig)))
     except RenderError as err:
         raise CLIError(str(err)) from None
-    return {"manifest": manifest, "clips": args.clips}
 
 
 def _prepare(args) -> dict:
     from jobs.catalogue import CatalogueError
     from jobs.prepare import PrepareConfig, run
     from model.checkpoint import read_config
-    from model.config import load_config
+    from model.config import VideoRobinConfig, load_config
 
     model = read_config(args.checkpoint) if args.checkpoint else load_config(args.preset, args.set)
+    if args.vae:
+        if args.checkpoint:
+            raise CLIError("--vae and --checkpoint both name a VAE: give one")
+        from jobs.train_vae import read_export
+
+        model = VideoRobinConfig.model_validate(model.model_dump() | {"vae": read_export(args.vae).model_dump()})
     cfg = PrepareConfig(**_job_flags(args, PrepareConfig), model=model)
     try:
         summary = run(cfg)
@@ -197,7 +200,8 @@ def _prepare(args) -> dict:
 
 
 def _train(args) -> dict:
-    from jobs.train import TrainConfig, TrainingFailed, run
+    from jobs.train import TrainConfig, run
+    from jobs.train_runs import TrainingFailed
 
     try:
         summary = run(TrainConfig(**_job_flags(args, TrainConfig)))
@@ -209,6 +213,40 @@ def _train(args) -> dict:
         f"{summary['final_loss']}, {summary['samples_per_s']} samples/s; checkpoint {summary['checkpoint']}"
     )
     return summary
+
+
+def _train_vae(args) -> dict:
+    from jobs.train_runs import TrainingFailed
+    from jobs.train_vae import TrainVAEConfig, run
+    from model.config import SpectralVAEConfig, load_config
+
+    vae = load_config(args.preset, args.set).vae
+    if not isinstance(vae, SpectralVAEConfig):
+        raise CLIError(f"--preset {args.preset}: its VAE is {vae.family!r}; train-vae trains the spectral family")
+    flags = _job_flags(args, TrainVAEConfig) | {"vae": vae.model_copy(update={"checkpoint": None})}
+    try:
+        summary = run(TrainVAEConfig(**flags))
+    except TrainingFailed as err:
+        print(f"videorobin: training failed: {_one_line(err)}", file=sys.stderr)
+        return {"exit_status": 1}
+    print(
+        f"train-vae: {summary['steps']} steps, loss {summary['first_loss']} -> {summary['final_loss']}, "
+        f"{summary['audio_s_per_s']} audio-s/s; checkpoint {summary['checkpoint']}"
+    )
+    return summary
+
+
+def _evaluate_vae(args) -> dict:
+    from jobs.train_vae import read_export
+    from jobs.vae_report import VAEReportConfig, run
+
+    flags = _job_flags(args, VAEReportConfig) | {"vae": read_export(args.vae)}
+    summary = run(VAEReportConfig(**flags))
+    print(
+        f"evaluate-vae: {summary['clips']} clips; key kept {summary.get('key_kept')}, tempo kept "
+        f"{summary.get('tempo_kept')}; STFT distance {summary.get('stft_distance')}, mel {summary.get('mel_distance')}"
+    )
+    return {"exit_status": 1 if summary.get("failed") else 0}
 
 
 def _evaluate(args) -> dict:
@@ -277,8 +315,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=20, help="Euler steps per patch (>= 1)")
-    p.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (>= 0)")
+    p.add_argument("--steps", type=int, help="Euler steps per patch (>= 1; default: the model's)")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale (>= 0; default: the model's)")
     p.add_argument("--max-duration", type=float, default=120.0, help="longest clip accepted, seconds")
 
 
@@ -317,11 +355,18 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--rows-per-block", type=int, default=4, help="rows per block: the unit of resume")
     score.set_defaults(run=_score)
 
-    data = sub.add_parser("make-dataset", help="a small real dataset: music21 scores rendered with a GM soundfont")
-    data.add_argument("--out", required=True, help="output directory")
+    data = sub.add_parser(
+        "make-dataset", help="a training corpus: music21 scores arranged, rendered with a GM soundfont (Ray tasks)"
+    )
+    data.add_argument("--out", required=True, help="output directory (a rerun with the same settings resumes)")
     data.add_argument("--clips", type=int, required=True)
     data.add_argument("--duration", type=float, default=10.0, help="seconds per clip")
+    data.add_argument("--seed", type=int, default=0, help="chooses the pieces, the split and every clip")
+    data.add_argument("--heldout-fraction", type=float, default=0.1, help="share of pieces held out")
     data.add_argument("--soundfont", help="a General MIDI .sf2 (default: the system's GM soundfont)")
+    data.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    data.add_argument("--render-cpus", type=float, default=1.0, help="CPUs per render task (one piece each)")
+    data.add_argument("--task-timeout", type=float, default=300.0, help="seconds before a piece's task is dropped")
     data.set_defaults(run=_make_dataset)
 
     prep = sub.add_parser("prepare", help="training manifest -> Parquet shards of latents, CLIP features, tokens")
@@ -338,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="config override, e.g. vae.checkpoint=URI vision.clip_checkpoint=URI",
     )
+    prep.add_argument("--vae", help="encode with this train-vae export (its config and weights)")
     prep.add_argument("--address", help="Ray cluster address (default: start a local one)")
     prep.add_argument("--rows-per-shard", type=int, default=256)
     _pool_args(prep, (("encode", 8),))
@@ -369,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--grad-clip", type=float, default=1.0)
     train.add_argument("--clip-seconds", type=float, default=10.0, help="training crop length")
     train.add_argument("--input-mask", type=float, default=0.0, help="p of masking each text token / frame")
+    train.add_argument("--video-dropout", type=float, default=0.0, help="v2m: p of a clip trained without video")
     train.add_argument("--shuffle-buffer", type=int, default=64, help="rows in each worker's shuffle buffer")
     train.add_argument("--checkpoint-every", type=int, default=100)
     train.add_argument("--keep-checkpoints", type=int, default=2)
@@ -377,6 +424,42 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
     train.set_defaults(run=_train)
+
+    tv = sub.add_parser("train-vae", help="train the compact spectral VAE (Ray Train, CPU or GPU, resumable)")
+    tv.add_argument(
+        "--manifest", required=True, help="a make-dataset manifest (train.jsonl): id, audio[, start, duration]"
+    )
+    tv.add_argument("--storage", required=True, help="where runs and checkpoints live (path, s3://, gs://)")
+    tv.add_argument("--steps", type=int, required=True, help="optimizer steps in the whole run")
+    tv.add_argument("--export", help="write vae.json + vae.safetensors here (what `prepare --vae` takes)")
+    tv.add_argument("--preset", default="small", help="preset or config file whose `vae` section is trained")
+    tv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. vae.width=192")
+    tv.add_argument("--name", default="videorobin-vae", help="run name under --storage")
+    tv.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint (or start it)")
+    tv.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    tv.add_argument("--workers", type=int, default=1)
+    tv.add_argument("--gpus-per-worker", type=float, default=0.0, help="0 trains on CPUs (gloo)")
+    tv.add_argument("--cpus-per-worker", type=float, default=1.0)
+    tv.add_argument("--threads", type=int, help="torch threads per CPU worker (default: its CPUs)")
+    tv.add_argument("--batch-size", type=int, default=8, help="crops per worker per step")
+    tv.add_argument("--crop-seconds", type=float, default=2.0)
+    tv.add_argument("--lr", type=float, default=1e-3)
+    tv.add_argument("--checkpoint-every", type=int, default=200)
+    tv.add_argument("--log-every", type=int, default=10)
+    tv.add_argument("--max-failures", type=int, default=3)
+    tv.add_argument("--seed", type=int, default=0)
+    tv.set_defaults(run=_train_vae)
+
+    ve = sub.add_parser("evaluate-vae", help="reconstruct held-out clips: STFT/mel distance, key and tempo kept")
+    ve.add_argument("--vae", required=True, help="a train-vae export (or a checkpoint) directory")
+    ve.add_argument("--manifest", required=True, help="clips to reconstruct (e.g. heldout.jsonl)")
+    ve.add_argument("--out", required=True, help="output directory or fsspec URI")
+    ve.add_argument("--clips", type=int, help="only the first N clips")
+    ve.add_argument("--figures", type=int, default=4, help="spectrogram pairs and reconstructions to keep")
+    ve.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    ve.add_argument("--actors", type=int, default=2)
+    ve.add_argument("--actor-cpus", type=float, default=0.5)
+    ve.set_defaults(run=_evaluate_vae)
 
     ev = sub.add_parser("evaluate", help="metrics.json + HTML report: generated vs reference, prompts, videos")
     ev.add_argument("--generated", required=True, help="directory of generated audio, or a score manifest.parquet")

@@ -51,8 +51,8 @@ class ScoreConfig(BaseModel):
     format: str = Field(default="wav", pattern="^(wav|flac)$")
     mux: bool = False
     address: str | None = None
-    steps: int = Field(default=20, ge=1)
-    guidance: float = Field(default=2.0, ge=0)
+    steps: int | None = Field(default=None, ge=1)  # default: the model's
+    guidance: float | None = Field(default=None, ge=0)
     max_duration_s: float = Field(default=120.0, gt=0)
     skip_failed: bool = False
     rows_per_block: int = Field(default=4, ge=1)  # resume granularity: a block is the unit Ray Data commits
@@ -123,7 +123,13 @@ class GenerateLatents:
     """The batched engine: videos of different lengths advance together, one request per row."""
 
     def __init__(
-        self, checkpoint: str, gpus: float, max_batch: int, steps: int, guidance: float, max_duration_s: float
+        self,
+        checkpoint: str,
+        gpus: float,
+        max_batch: int,
+        steps: int | None,
+        guidance: float | None,
+        max_duration_s: float,
     ) -> None:
         self.engine = Engine(
             load_bundle(checkpoint), device=_device(gpus), max_batch=max_batch, max_duration_s=max_duration_s

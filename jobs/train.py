@@ -18,8 +18,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
-import tempfile
 import time
 from importlib import resources
 from typing import Literal
@@ -28,6 +26,14 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from jobs.train_runs import (
+    check_cluster_cpus,
+    fit,
+    log_step,
+    read_train_state,
+    refuse_unasked_resume,
+    save_checkpoint,
+)
 from model.build import Bundle
 from model.checkpoint import (
     load_bundle_tokenizer,
@@ -46,14 +52,8 @@ from model.weights import read_safetensors
 log = logging.getLogger(__name__)
 
 DS_TAG = "ds"
-STATE_FILE = "train_state.json"
-RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's registered checkpoints
 COLUMNS = ["id", "token_ids", "latents", "n_frames"]
 VIDEO_COLUMNS = ["features", "n_features"]
-
-
-class TrainingFailed(Exception):
-    """The run ended in an error after its retries (`--max-failures`)."""
 
 
 class TrainConfig(BaseModel):
@@ -81,6 +81,7 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(default=1.0, gt=0)
     clip_seconds: float = Field(default=10.0, gt=0)
     input_mask: float = Field(default=0.0, ge=0, lt=1)
+    video_dropout: float = Field(default=0.0, ge=0, le=1)  # p of training a row without its video (v2m)
     shuffle_buffer: int = Field(default=64, ge=0)
     checkpoint_every: int = Field(default=100, ge=1)
     keep_checkpoints: int = Field(default=2, ge=1)
@@ -162,21 +163,6 @@ def deepspeed_config(cfg: TrainConfig, on_gpu: bool) -> dict:
     return ds
 
 
-def run_exists(cfg: TrainConfig) -> bool:
-    return uri_exists(uri_join(uri_join(cfg.storage, cfg.run_name), RUN_SNAPSHOT))
-
-
-def latest_train_state(storage: str, name: str) -> dict | None:
-    """train_state.json of a run's latest registered checkpoint, or None while it has none."""
-    run_dir = uri_join(storage, name)
-    if not uri_exists(uri_join(run_dir, RUN_SNAPSHOT)):
-        return None
-    latest = json.loads(read_bytes(uri_join(run_dir, RUN_SNAPSHOT)))["latest_checkpoint_result"]
-    if latest is None:
-        return None
-    return json.loads(read_bytes(uri_join(uri_join(run_dir, latest["checkpoint_dir_name"]), STATE_FILE)))
-
-
 def read_stats(data: str) -> dict:
     stats = json.loads(read_bytes(uri_join(data, "latent_stats.json")))
     return {"mean": stats["mean"], "std": stats["std"]}
@@ -197,13 +183,8 @@ def build_trainer(cfg: TrainConfig, model_cfg: VideoRobinConfig):
     if rows < need:
         raise ValueError(f"{cfg.data} has {rows} clips; {cfg.workers} workers x batch {cfg.batch_size} need {need}")
     use_gpu = cfg.gpus_per_worker > 0
-    cpus = ray.cluster_resources().get("CPU", 0)
     # Ray Data lists the shard files in a 1-CPU task: on a small CPU cluster the workers can take every CPU.
-    if not use_gpu and cpus < cfg.workers * cfg.cpus_per_worker + 1:
-        raise ValueError(
-            f"the cluster has {cpus:g} CPUs: {cfg.workers} workers x {cfg.cpus_per_worker:g} CPUs leave none for "
-            "reading the data (1 needed); lower --cpus-per-worker or --workers"
-        )
+    check_cluster_cpus(cfg.workers, cfg.cpus_per_worker, use_gpu, spare=1)
     resources_per_worker = {"CPU": cfg.cpus_per_worker} | ({"GPU": cfg.gpus_per_worker} if use_gpu else {})
     return TorchTrainer(
         train_loop,
@@ -221,11 +202,6 @@ def build_trainer(cfg: TrainConfig, model_cfg: VideoRobinConfig):
             failure_config=FailureConfig(max_failures=cfg.max_failures),
         ),
     )
-
-
-def read_train_state(checkpoint_dir: str) -> dict:
-    with open(os.path.join(checkpoint_dir, STATE_FILE)) as f:
-        return json.load(f)
 
 
 def export(checkpoint_dir: str, cfg: TrainConfig, model_cfg: VideoRobinConfig) -> dict:
@@ -259,21 +235,13 @@ def export(checkpoint_dir: str, cfg: TrainConfig, model_cfg: VideoRobinConfig) -
 
 def run(cfg: TrainConfig) -> dict:
     import ray
-    import ray.train
 
     started = time.perf_counter()
     model_cfg = resolve_model(cfg)
-    if run_exists(cfg) and not cfg.resume:  # Ray Train would silently continue it
-        raise ValueError(
-            f"run {cfg.run_name} already has checkpoints under {cfg.storage}: pass --resume to continue it "
-            "or --name for a new run"
-        )
+    refuse_unasked_resume(cfg.storage, cfg.run_name, cfg.resume)
     if not ray.is_initialized():
         ray.init(address=cfg.address, configure_logging=False)
-    try:
-        result = build_trainer(cfg, model_cfg).fit()
-    except ray.train.TrainingFailedError as err:
-        raise TrainingFailed(" ".join(str(err).split())[-2000:]) from err
+    result = fit(build_trainer(cfg, model_cfg))
     with result.checkpoint.as_directory() as ckpt:
         state = read_train_state(ckpt)
         exported = export(ckpt, cfg, model_cfg) if cfg.export else None
@@ -322,17 +290,6 @@ def _batches(shard, cfg: TrainConfig, epoch: int, skip: int):
             yield index, batch
 
 
-def _save(engine, state: dict, metrics: dict, rank: int) -> None:
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as tmp:
-        engine.save_checkpoint(tmp, tag=DS_TAG)  # a collective: every rank writes its ZeRO shard
-        if rank == 0:
-            with open(os.path.join(tmp, STATE_FILE), "w") as f:
-                json.dump(state, f)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-
-
 def train_loop(loop: dict) -> None:
     import deepspeed
     import ray.train
@@ -378,7 +335,8 @@ def train_loop(loop: dict) -> None:
         for index, batch in _batches(shard, cfg, state["epoch"], state["batch"]):
             rng = np.random.default_rng([cfg.seed, state["epoch"], index, rank])
             torch.manual_seed(step_seed(cfg.seed, state["step"], accumulated["micro"], rank))
-            tb = collate(batch, model_cfg, cfg.clip_seconds, mean, std, rng, cfg.input_mask).to(device, dtype)
+            tb = collate(batch, model_cfg, cfg.clip_seconds, mean, std, rng, cfg.input_mask, cfg.video_dropout)
+            tb = tb.to(device, dtype)
             loss = engine(tb.cond, tb.patches, tb.n_patches)["loss"]
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
@@ -410,20 +368,11 @@ def train_loop(loop: dict) -> None:
                 record_train_step(cfg.run_name, cfg.stage, metrics)
             last = state["step"] >= cfg.steps
             if state["step"] % cfg.checkpoint_every == 0 or last:
-                _save(engine, state, metrics, rank)
+                save_checkpoint(lambda d: engine.save_checkpoint(d, tag=DS_TAG), state, metrics, rank)
             elif state["step"] % cfg.log_every == 0:
                 ray.train.report(metrics)
             if rank == 0 and (state["step"] % cfg.log_every == 0 or last or state["step"] == 1):
-                log.info(
-                    "[videorobin train] step %d/%d loss %.4f lr %.2e grad-norm %.3f %.2f samples/s %.1f patches/s",
-                    state["step"],
-                    cfg.steps,
-                    metrics["loss"],
-                    metrics["lr"],
-                    metrics["grad_norm"],
-                    metrics["samples_per_s"],
-                    metrics["patches_per_s"],
-                )
+                log_step("train", state["step"], cfg.steps, metrics, f" {metrics['patches_per_s']:.1f} patches/s")
             accumulated = {"loss": 0.0, "micro": 0, "samples": 0, "patches": 0}
             tick = time.perf_counter()
             if last:

@@ -8,7 +8,7 @@ import torch
 
 from model.config import VideoRobinConfig
 from model.text import Tokenizer, load_tokenizer
-from model.vae import OobleckVAE, load_vae
+from model.vae import AudioAutoencoder, load_vae
 from model.videorobin import VideoRobin
 
 
@@ -18,7 +18,7 @@ class Bundle:
 
     config: VideoRobinConfig
     model: VideoRobin
-    vae: OobleckVAE
+    vae: AudioAutoencoder
     tokenizer: Tokenizer
 
     def to(self, device: torch.device | str) -> Bundle:
@@ -34,7 +34,7 @@ def build_bundle(cfg: VideoRobinConfig, seed: int = 0) -> Bundle:
     return Bundle(cfg, model, load_vae(cfg.vae), load_tokenizer(cfg.text, cfg.semantic_lm.vocab_size))
 
 
-def parameter_counts(model: VideoRobin, vae: OobleckVAE | None = None) -> dict[str, int]:
+def parameter_counts(model: VideoRobin, vae: AudioAutoencoder | None = None) -> dict[str, int]:
     """Parameters per component (the `videorobin info` table)."""
     parts = {
         "text_embedding": model.embed,

@@ -29,7 +29,7 @@ from model.build import Bundle
 from model.config import VideoRobinConfig
 from model.io import local_copy, read_bytes, uri_exists, uri_join, write_bytes_atomic
 from model.text import HFTokenizer, Tokenizer, load_tokenizer
-from model.vae import OobleckVAE
+from model.vae import AudioAutoencoder, build_vae
 from model.videorobin import VideoRobin
 from model.vision import ClipEncoder
 from model.weights import read_safetensors, write_safetensors
@@ -41,7 +41,7 @@ def _is_relative(path: str) -> bool:
     return "://" not in path and not os.path.isabs(path)
 
 
-def _save_frozen(uri: str, cfg: VideoRobinConfig, vae: OobleckVAE, tokenizer: Tokenizer) -> VideoRobinConfig:
+def _save_frozen(uri: str, cfg: VideoRobinConfig, vae: AudioAutoencoder, tokenizer: Tokenizer) -> VideoRobinConfig:
     """Write the VAE and tokenizer files; return `cfg` pointing at this directory instead of the sources."""
     vision = cfg.vision.model_copy(update={"clip_checkpoint": None}) if cfg.vision is not None else None
     text = cfg.text
@@ -68,7 +68,7 @@ def save_bundle(bundle: Bundle, uri: str) -> None:
 
 
 def save_encoders(
-    uri: str, cfg: VideoRobinConfig, vae: OobleckVAE, clip: ClipEncoder | None, tokenizer: Tokenizer
+    uri: str, cfg: VideoRobinConfig, vae: AudioAutoencoder, clip: ClipEncoder | None, tokenizer: Tokenizer
 ) -> VideoRobinConfig:
     """Write an encoders directory (see the module docstring); returns the config it saved."""
     saved = _save_frozen(uri, cfg, vae, tokenizer)
@@ -92,7 +92,7 @@ def load_bundle(uri: str, device: torch.device | str = "cpu") -> Bundle:
     model.load_state_dict(read_safetensors(uri_join(uri, "model.safetensors")), strict=True)
     stats = json.loads(read_bytes(uri_join(uri, "latent_stats.json")))
     set_latent_stats(model, torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
-    vae = OobleckVAE(cfg.vae)
+    vae = build_vae(cfg.vae)
     vae.load_state_dict(read_safetensors(uri_join(uri, "vae.safetensors")), strict=True)
     return Bundle(cfg, model, vae, load_bundle_tokenizer(uri, cfg)).to(device)
 
@@ -121,9 +121,9 @@ def load_clip(uri: str, device: torch.device | str = "cpu") -> ClipEncoder:
     return encoder.to(device)
 
 
-def load_vae_from_checkpoint(uri: str, device: torch.device | str = "cpu") -> OobleckVAE:
+def load_vae_from_checkpoint(uri: str, device: torch.device | str = "cpu") -> AudioAutoencoder:
     """Only the audio VAE of a checkpoint (for decoding workers)."""
-    vae = OobleckVAE(read_config(uri).vae)
+    vae = build_vae(read_config(uri).vae)
     vae.load_state_dict(read_safetensors(uri_join(uri, "vae.safetensors")), strict=True)
     return vae.to(device)
 

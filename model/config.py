@@ -10,13 +10,13 @@ import json
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 CONFIG_VERSION = 1
-PRESETS = ("paper", "tiny")
+PRESETS = ("paper", "small", "tiny")
 STATIC_PROMPT = "Generate aligned music for the video."  # the paper's prompt for video-only use (§5.1)
 
 
@@ -138,9 +138,10 @@ class OobleckDecoderConfig(_Strict):
         return self
 
 
-class VAEConfig(_Strict):
+class OobleckVAEConfig(_Strict):
     """An Oobleck autoencoder (stable-audio-tools family). Defaults: SongBloom's 48 kHz, hop-1920 VAE."""
 
+    family: Literal["oobleck"] = "oobleck"
     sample_rate: int = 48000
     encoder: OobleckEncoderConfig = OobleckEncoderConfig()
     decoder: OobleckDecoderConfig = OobleckDecoderConfig()
@@ -148,7 +149,7 @@ class VAEConfig(_Strict):
     chunk_latents: int = Field(default=128, gt=0)  # decode window; the overlap comes from the receptive field
 
     @model_validator(mode="after")
-    def _consistent(self) -> VAEConfig:
+    def _consistent(self) -> OobleckVAEConfig:
         if self.encoder.latent_dim != 2 * self.decoder.latent_dim:
             raise ValueError("encoder.latent_dim must be twice decoder.latent_dim (mean and scale halves)")
         if self.encoder.strides != self.decoder.strides:
@@ -168,6 +169,99 @@ class VAEConfig(_Strict):
     @property
     def audio_channels(self) -> int:
         return self.decoder.out_channels
+
+    @property
+    def decode_context(self) -> int:
+        """Latents of context each side of a decode window (the decoder's receptive radius)."""
+        radius, rate = 3.0, 1  # the input conv, kernel 7; each layer's radius is divided by its samples per latent
+        for stride in reversed(self.decoder.strides):
+            radius += 2 / rate  # transposed conv, kernel 2s: an output sees two inputs
+            rate *= stride
+            radius += sum(3 * d for d in OOBLECK_DILATIONS) / rate
+        radius += 3 / rate  # the output conv
+        return math.ceil(radius) + 1
+
+    @property
+    def decode_crossfade(self) -> int:
+        return 0  # a pure function of its latents: windows meet exactly, nothing to fade
+
+
+OOBLECK_DILATIONS = (1, 3, 9)  # the residual units of every Oobleck block
+GRIFFIN_LIM_MARGIN = 4  # latents (160 ms) beyond the decoder's receptive field
+
+
+class SpectralVAEConfig(_Strict):
+    """A compact spectral autoencoder trained by `videorobin train-vae` (model/specvae.py).
+
+    The encoder reads a log-frequency spectrogram (pitch-resolving bins) at the STFT frame rate and steps
+    down to the latent rate; the decoder steps back up and predicts each frame's magnitude spectrum, and
+    Griffin-Lim recovers the phase, so no layer runs at the audio rate. It works on the mid (L+R)/2 signal
+    and writes it to every output channel (see the README for why).
+    """
+
+    family: Literal["spectral"] = "spectral"
+    sample_rate: int = 48000
+    audio_channels: int = Field(default=2, ge=1)
+    latent_dim: int = Field(default=64, gt=0, le=128)
+    frame_hop: int = Field(default=480, gt=0)  # STFT hop: 100 frames/s at 48 kHz
+    frames_per_latent: int = Field(default=4, gt=0)  # 480 x 4 = hop 1920: 25 latents/s
+    n_fft: int = Field(default=1920, gt=0)  # synthesis window: 4 hops, 25 Hz bins
+    analysis_fft: int = Field(default=4096, gt=0)  # encoder input window: long enough to resolve semitones
+    bins_per_octave: int = Field(default=36, gt=0)
+    f_min: float = Field(default=30.0, gt=0)
+    f_max: float = Field(default=20000.0, gt=0)
+    width: int = Field(default=256, gt=0)
+    ffn_mult: int = Field(default=3, gt=0)
+    kernel: int = Field(default=7, gt=0)
+    encoder_frame_blocks: int = Field(default=4, ge=0)  # ConvNeXt blocks at the frame rate
+    encoder_latent_blocks: int = Field(default=2, ge=0)  # ... at the latent rate
+    decoder_latent_blocks: int = Field(default=2, ge=0)
+    decoder_frame_blocks: int = Field(default=6, ge=0)
+    griffin_lim_iters: int = Field(default=32, ge=0)  # phase recovery per decode window (0: the initial phase)
+    crossfade_latents: int = Field(default=4, ge=0)  # decode windows overlap by this much, faded into each other
+    checkpoint: str | None = None  # a safetensors file in our key layout (a train-vae export)
+    chunk_latents: int = Field(default=128, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SpectralVAEConfig:
+        if self.kernel % 2 == 0:
+            raise ValueError("kernel must be odd (symmetric padding)")
+        if self.n_fft % (2 * self.frame_hop):
+            raise ValueError("n_fft must be an even multiple of frame_hop (whole hops either side of a frame)")
+        if not self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ValueError("need f_min < f_max <= sample_rate / 2")
+        return self
+
+    @property
+    def hop(self) -> int:
+        return self.frame_hop * self.frames_per_latent
+
+    @property
+    def decode_context(self) -> int:
+        """Latents of context each side of a decode window: the magnitude decoder's receptive radius, plus
+        room for Griffin-Lim, whose estimate is poorest at a window's edges."""
+        half = self.kernel // 2
+        radius = half * (1 + self.decoder_latent_blocks)  # input conv + blocks at the latent rate
+        radius += 1  # the upsampling step: an output frame reads one latent
+        radius += half * self.decoder_frame_blocks / self.frames_per_latent
+        return math.ceil(radius) + GRIFFIN_LIM_MARGIN
+
+    @property
+    def decode_crossfade(self) -> int:
+        return self.crossfade_latents
+
+
+def _vae_family(value: Any) -> str:
+    """Configs written before there were two families have no `family`: they are Oobleck."""
+    if isinstance(value, dict):
+        return value.get("family", "oobleck")
+    return getattr(value, "family", "oobleck")
+
+
+VAEConfig = Annotated[
+    Annotated[OobleckVAEConfig, Tag("oobleck")] | Annotated[SpectralVAEConfig, Tag("spectral")],
+    Discriminator(_vae_family),
+]
 
 
 class FlowConfig(_Strict):
@@ -189,7 +283,7 @@ class VideoRobinConfig(_Strict):
     locdit: TransformerConfig
     vision: VisionConfig | None = VisionConfig()  # None: stage 1 (text-to-music)
     text: TextConfig = TextConfig()
-    vae: VAEConfig = VAEConfig()
+    vae: VAEConfig = OobleckVAEConfig()
     flow: FlowConfig = FlowConfig()
 
     @model_validator(mode="after")

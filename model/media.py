@@ -240,20 +240,69 @@ def write_sample_video(path: str, duration_s: float, fps: int = 25, size: int = 
     """
     rng = np.random.default_rng(int(duration_s * 1000) + size)
     palette = rng.integers(0, 256, size=(64, 3), dtype=np.uint8)
-    frames = max(1, round(duration_s * fps))
+
+    def frame(t: float) -> np.ndarray:
+        img = np.empty((size, size, 3), dtype=np.uint8)
+        img[:] = palette[int(t / cut_every_s) % len(palette)]
+        x = int((t % cut_every_s) / cut_every_s * (size - size // 4))
+        img[size // 3 : size // 3 + size // 4, x : x + size // 4] = 255 - img[0, 0]
+        return img
+
+    _write_h264(path, (frame(i / fps) for i in range(max(1, round(duration_s * fps)))), fps, size)
+
+
+# Bar colours take one of these levels per channel, each in the middle of a different 16-level histogram bin,
+# so two bars never share a bin in any channel, whatever the encoder's rounding.
+_BAR_LEVELS = np.array([40, 104, 168, 232], dtype=np.uint8)
+
+
+def write_beat_video(
+    path: str, duration_s: float, beat_s: float, beats_per_bar: int, fps: int = 25, size: int = 64, seed: int = 0
+) -> None:
+    """A synthetic H.264 video that shows a musical pulse: the background changes colour (a hard cut) on every
+    bar line, and a square jumps to a new place on every beat, so the frames alone give the tempo and where
+    the downbeats fall. Frames sit at t = i / fps; a change shows on the first frame at or after its time.
+
+    The square keeps its area, so a beat moves no colour-histogram mass and only bar lines read as cuts.
+    """
+    rng = np.random.default_rng(seed)
+    bar_s = beat_s * beats_per_bar
+    bars = math.ceil(duration_s / bar_s) + 1
+    levels = [rng.integers(0, len(_BAR_LEVELS), 3)]
+    for _ in range(bars - 1):  # each channel moves to another level at every bar line
+        levels.append((levels[-1] + rng.integers(1, len(_BAR_LEVELS), 3)) % len(_BAR_LEVELS))
+    colours = _BAR_LEVELS[np.array(levels)]
+    side = size // 4
+    cells = [(y, x) for y in range(0, size - side + 1, side) for x in range(0, size - side + 1, side)]
+    spots = [cells[0]]
+    for _ in range(bars * beats_per_bar):  # a new cell on every beat
+        spots.append(cells[(cells.index(spots[-1]) + int(rng.integers(1, len(cells)))) % len(cells)])
+
+    def frame(t: float) -> np.ndarray:
+        bar, beat = int(t / bar_s + 1e-9), int(t / beat_s + 1e-9)
+        img = np.empty((size, size, 3), dtype=np.uint8)
+        img[:] = colours[bar]
+        y, x = spots[beat]
+        img[y : y + side, x : x + side] = 255 - colours[bar]
+        return img
+
+    _write_h264(path, (frame(i / fps) for i in range(max(1, round(duration_s * fps)))), fps, size)
+
+
+def _write_h264(path: str, frames, fps: int, size: int) -> None:
+    """Encode (size, size, 3) uint8 RGB frames at `fps` to an H.264 mp4, under a temporary name then moved."""
     tmp = _temp_beside(path)
-    with av.open(tmp, "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for i in range(frames):
-            t = i / fps
-            img = np.empty((size, size, 3), dtype=np.uint8)
-            img[:] = palette[int(t / cut_every_s) % len(palette)]
-            x = int((t % cut_every_s) / cut_every_s * (size - size // 4))
-            img[size // 3 : size // 3 + size // 4, x : x + size // 4] = 255 - img[0, 0]
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+    try:
+        with av.open(tmp, "w") as out:
+            stream = out.add_stream("libx264", rate=fps)
+            stream.width = stream.height = size
+            stream.pix_fmt = "yuv420p"
+            for img in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    out.mux(packet)
+            for packet in stream.encode(None):
                 out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    os.replace(tmp, path)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

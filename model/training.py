@@ -64,8 +64,13 @@ def collate(
     std: np.ndarray,
     rng: np.random.Generator,
     input_mask: float = 0.0,
+    video_dropout: float = 0.0,
 ) -> TrainBatch:
-    """Rows of prepared shards (numpy columns) -> a `TrainBatch` of at most `clip_s` seconds per row."""
+    """Rows of prepared shards (numpy columns) -> a `TrainBatch` of at most `clip_s` seconds per row.
+
+    With probability `video_dropout` a row loses its whole video (frames None), so a stage-2 model also
+    learns the text-only prompts of stage 1 and one checkpoint serves `generate --prompt` without a video.
+    """
     P, D = cfg.patch_size, cfg.latent_dim
     clip_frames = cfg.patches_for(clip_s) * P
     rows = len(batch["id"])
@@ -84,6 +89,8 @@ def collate(
             feats = all_feats[f0 : f0 + max(1, math.ceil(kept * per_frame))]
         ids = np.asarray(batch["token_ids"][i], np.int64)[: cfg.text.max_tokens]
         ids, feats = mask_inputs(ids, feats, input_mask, rng)
+        if feats is not None and video_dropout > 0 and rng.random() < video_dropout:
+            feats = None
         text_ids.append(torch.from_numpy(ids))
         frames.append(torch.from_numpy(feats) if feats is not None else None)
     return TrainBatch(

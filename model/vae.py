@@ -1,6 +1,10 @@
-"""The Oobleck audio autoencoder (stable-audio-tools family): SongBloom's and Stable Audio Open's VAEs.
+"""Audio VAEs: the surface every family shares, windowed decoding, and the Oobleck family.
 
-The module tree mirrors the stable-audio-tools layout (`encoder.layers.*`, `decoder.layers.*`, with the
+Two families, chosen by `vae.family` in config.json: `oobleck` (stable-audio-tools: SongBloom's and Stable
+Audio Open's VAEs, loaded from their checkpoints; this file) and `spectral` (our compact VAE trained by
+`videorobin train-vae`; model/specvae.py).
+
+The Oobleck module tree mirrors the stable-audio-tools layout (`encoder.layers.*`, `decoder.layers.*`, with the
 same Sequential indices) so their checkpoints load by key. Those checkpoints are weight-normed
 (`weight_g`/`weight_v`); the VAE is frozen everywhere in this project, so the loader folds each pair into
 a plain weight once instead of renormalising on every call.
@@ -11,6 +15,7 @@ decoder's receptive field as context on both sides; the result equals a one-shot
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 from dataclasses import dataclass
@@ -19,11 +24,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from model.config import OobleckDecoderConfig, OobleckEncoderConfig, VAEConfig
+from model.config import (
+    OOBLECK_DILATIONS,
+    OobleckDecoderConfig,
+    OobleckEncoderConfig,
+    OobleckVAEConfig,
+    SpectralVAEConfig,
+    VAEConfig,
+)
 from model.io import open_uri
 from model.weights import read_safetensors, read_torch_checkpoint
-
-RESIDUAL_DILATIONS = (1, 3, 9)
 
 
 class SnakeBeta(nn.Module):
@@ -69,7 +79,7 @@ class EncoderBlock(_Blocks):
     def __init__(self, c_in: int, c_out: int, stride: int, use_snake: bool) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            *(ResidualUnit(c_in, d, use_snake) for d in RESIDUAL_DILATIONS),
+            *(ResidualUnit(c_in, d, use_snake) for d in OOBLECK_DILATIONS),
             _activation(use_snake, c_in),
             nn.Conv1d(c_in, c_out, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)),
         )
@@ -81,7 +91,7 @@ class DecoderBlock(_Blocks):
         self.layers = nn.Sequential(
             _activation(use_snake, c_in),
             nn.ConvTranspose1d(c_in, c_out, kernel_size=2 * stride, stride=stride, padding=math.ceil(stride / 2)),
-            *(ResidualUnit(c_out, d, use_snake) for d in RESIDUAL_DILATIONS),
+            *(ResidualUnit(c_out, d, use_snake) for d in OOBLECK_DILATIONS),
         )
 
 
@@ -110,34 +120,76 @@ class OobleckDecoder(_Blocks):
         self.layers = nn.Sequential(*layers)
 
 
-def decoder_context(cfg: OobleckDecoderConfig) -> int:
-    """How many latents on each side can influence an output sample (the decoder's receptive radius).
+class AudioAutoencoder(nn.Module, abc.ABC):
+    """The surface every VAE family shares: (B, C, S) audio <-> (B, D, L) latents, frozen, decoded in windows.
 
-    Each layer's radius in its own sample rate is divided by that rate's samples per latent.
+    A family implements `encode` (the posterior mean) and `decode_all` (one window of latents -> its audio);
+    `decode` cuts long latents into windows that carry `cfg.decode_context` latents of context on each side,
+    so the decoders need not be causal and a streamed decode equals the whole-clip one. A family whose
+    window output is not a pure function of its latents (Griffin-Lim phases) also overlaps neighbouring
+    windows by `cfg.decode_crossfade` latents and fades one into the other.
     """
-    radius, rate = 3.0, 1  # the input conv, kernel 7
-    for stride in reversed(cfg.strides):
-        radius += 2 / rate  # transposed conv, kernel 2s: an output sees two inputs
-        rate *= stride
-        radius += sum(3 * d for d in RESIDUAL_DILATIONS) / rate
-    radius += 3 / rate  # the output conv
-    return math.ceil(radius) + 1
-
-
-class OobleckVAE(nn.Module):
-    """Frozen audio VAE. encode: (B, C, S) audio -> (B, D, L) posterior mean; decode: the inverse."""
 
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
-        if any(s % 2 for s in cfg.encoder.strides):
-            raise ValueError("odd strides would make decoded lengths differ from latents x hop")
         self.cfg = cfg
-        self.encoder = OobleckEncoder(cfg.encoder)
-        self.decoder = OobleckDecoder(cfg.decoder)
-        self.hop, self.sample_rate = cfg.hop, cfg.sample_rate
-        self.context = decoder_context(cfg.decoder)
+        self.hop, self.sample_rate, self.context = cfg.hop, cfg.sample_rate, cfg.decode_context
+
+    def freeze(self) -> None:
         self.requires_grad_(False)
         self.eval()
+
+    @abc.abstractmethod
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, C, S) audio -> (B, D, ceil(S / hop)) posterior mean."""
+
+    @abc.abstractmethod
+    def decode_all(self, latents: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """(B, D, L) latents whose first is latent number `offset` of the clip -> (B, C, L * hop) audio."""
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+        """(B, D, L) -> (B, C, L * hop), window by window (see `decode_windows`)."""
+        B, _, L = latents.shape
+        out = latents.new_zeros(B, self.cfg.audio_channels, L * self.hop)
+        for w in decode_windows(L, chunk or self.cfg.chunk_latents, self.context, self.cfg.decode_crossfade):
+            audio = self.decode_window(latents[..., w.lo : w.hi], w)
+            out[..., w.start * self.hop : w.start * self.hop + audio.shape[-1]] += audio
+        return out
+
+    @torch.no_grad()
+    def decode_window(self, latents: torch.Tensor, window: DecodeWindow) -> torch.Tensor:
+        """(B, D, hi - lo) latents of `window` -> (B, C, (end + fade_out - start) * hop): the window's kept audio,
+        its first `fade_in` latents faded in and its last `fade_out` faded out (the two fades sum to 1)."""
+        audio = self.decode_all(latents, offset=window.lo)
+        audio = audio[
+            ..., (window.start - window.lo) * self.hop : (window.end + window.fade_out - window.lo) * self.hop
+        ]
+        if window.fade_in:
+            n = window.fade_in * self.hop
+            audio = torch.cat([audio[..., :n] * fade_in_ramp(n, audio), audio[..., n:]], dim=-1)
+        if window.fade_out:
+            n = window.fade_out * self.hop
+            audio = torch.cat([audio[..., :-n], audio[..., -n:] * (1 - fade_in_ramp(n, audio))], dim=-1)
+        return audio
+
+
+def fade_in_ramp(n: int, like: torch.Tensor) -> torch.Tensor:
+    """(n,) raised-cosine ramp from 0 to 1; with its complement it sums to exactly 1 at every sample."""
+    t = (torch.arange(n, device=like.device, dtype=torch.float64) + 0.5) / n
+    return torch.sin(0.5 * math.pi * t).pow(2).to(like.dtype)
+
+
+class OobleckVAE(AudioAutoencoder):
+    """Frozen Oobleck VAE. encode: (B, C, S) audio -> (B, D, L) posterior mean; decode: the inverse."""
+
+    def __init__(self, cfg: OobleckVAEConfig) -> None:
+        super().__init__(cfg)
+        if any(s % 2 for s in cfg.encoder.strides):
+            raise ValueError("odd strides would make decoded lengths differ from latents x hop")
+        self.encoder = OobleckEncoder(cfg.encoder)
+        self.decoder = OobleckDecoder(cfg.decoder)
+        self.freeze()
 
     @torch.no_grad()
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
@@ -147,49 +199,53 @@ class OobleckVAE(nn.Module):
         mean, _scale = self.encoder(audio).chunk(2, dim=1)
         return mean
 
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
-        """(B, D, L) -> (B, C, L * hop), in windows of `chunk` latents plus `context` on each side."""
-        windows = decode_windows(latents.shape[-1], chunk or self.cfg.chunk_latents, self.context)
-        return torch.cat([self.decode_window(latents[..., w.lo : w.hi], w) for w in windows], dim=-1)
-
-    @torch.no_grad()
-    def decode_window(self, latents: torch.Tensor, window: DecodeWindow) -> torch.Tensor:
-        """(B, D, hi - lo) latents of `window` -> (B, C, (end - start) * hop): the window's kept audio."""
-        audio = self.decoder(latents)
-        return audio[..., (window.start - window.lo) * self.hop : (window.end - window.lo) * self.hop]
+    def decode_all(self, latents: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        return self.decoder(latents)  # a pure function of the latents: where they sit does not matter
 
 
 @dataclass(frozen=True)
 class DecodeWindow:
-    """Decode latents [lo, hi) and keep the audio of [start, end): the context either side makes it exact."""
+    """Decode latents [lo, hi) and keep the audio of [start, end + fade_out): the context either side makes the
+    kept audio independent of the cut. The first `fade_in` latents overlap the previous window's fade-out."""
 
     lo: int
     start: int
     end: int
     hi: int
+    fade_in: int = 0
+    fade_out: int = 0
 
 
-def decode_windows(length: int, chunk: int, context: int) -> list[DecodeWindow]:
-    """The windows `OobleckVAE.decode` cuts `length` latents into. A streaming decoder that decodes each
-    one as soon as latents up to its `hi` exist produces the same samples as the whole-clip decode."""
+def decode_windows(length: int, chunk: int, context: int, fade: int = 0) -> list[DecodeWindow]:
+    """The windows `AudioAutoencoder.decode` cuts `length` latents into. A streaming decoder that decodes each
+    one as soon as latents up to its `hi` exist (`StreamingLatents`) produces the same samples as the
+    whole-clip decode."""
     if length <= chunk:
         return [DecodeWindow(0, 0, length, length)]
-    return [
-        DecodeWindow(max(0, start - context), start, min(start + chunk, length), min(length, start + chunk + context))
-        for start in range(0, length, chunk)
-    ]
+    fade = min(fade, chunk)
+    windows = []
+    for start in range(0, length, chunk):
+        end = min(start + chunk, length)
+        fade_out = min(fade, length - end)
+        fade_in = min(fade, end - start) if start > 0 else 0
+        windows.append(
+            DecodeWindow(max(0, start - context), start, end, min(length, end + fade_out + context), fade_in, fade_out)
+        )
+    return windows
 
 
 class StreamingLatents:
     """One clip's latents arriving patch by patch: hands out each decode window as soon as its latents exist,
-    and trims the decoded audio to the clip's duration. Decoding every window it hands out, in order,
-    gives exactly `OobleckVAE.decode` of the whole clip."""
+    and turns each decoded window into the clip's next audio (adding the previous window's fade-out, keeping
+    this one's, cutting where the clip's duration ends). Decoding every window it hands out, in order, and
+    emitting it gives exactly `AudioAutoencoder.decode` of the whole clip."""
 
-    def __init__(self, dim: int, total: int, chunk: int, context: int, samples: int) -> None:
-        self.latents = np.zeros((dim, total), np.float32)
+    def __init__(self, vae: VAEConfig, total: int, samples: int) -> None:
+        self.latents = np.zeros((vae.latent_dim, total), np.float32)
+        self.hop = vae.hop
         self.have, self.samples_left = 0, samples
-        self.windows = decode_windows(total, chunk, context)
+        self.windows = decode_windows(total, vae.chunk_latents, vae.decode_context, vae.decode_crossfade)
+        self.tail: np.ndarray | None = None
 
     def add(self, patch: np.ndarray) -> list[tuple[DecodeWindow, np.ndarray]]:
         """Append (D, P) latents; returns the windows now complete with their (D, hi - lo) latents."""
@@ -205,9 +261,14 @@ class StreamingLatents:
     def done(self) -> bool:
         return not self.windows
 
-    def trim(self, audio: np.ndarray) -> np.ndarray:
-        """A window's (C, S) audio, cut where the clip's duration ends."""
-        audio = audio[:, : self.samples_left]
+    def emit(self, window: DecodeWindow, audio: np.ndarray) -> np.ndarray:
+        """A decoded window's (C, S) audio -> the clip's next (C, S') audio, in window order."""
+        if self.tail is not None:
+            audio = audio.copy()
+            audio[:, : self.tail.shape[1]] += self.tail
+        kept = (window.end - window.start) * self.hop
+        self.tail = audio[:, kept:] if window.fade_out else None
+        audio = audio[:, : min(kept, self.samples_left)]
         self.samples_left -= audio.shape[1]
         return audio
 
@@ -248,7 +309,7 @@ def read_stable_audio_state_dict(uri: str) -> dict[str, torch.Tensor]:
     return _fold_weight_norm(state)
 
 
-def vae_config_from_stable_audio(model_config: dict, checkpoint: str | None = None) -> VAEConfig:
+def vae_config_from_stable_audio(model_config: dict, checkpoint: str | None = None) -> OobleckVAEConfig:
     """Our VAEConfig from a stable-audio-tools `model_config.json` of an Oobleck autoencoder with a VAE bottleneck."""
     model = model_config["model"]
     for part in ("encoder", "decoder"):
@@ -256,7 +317,7 @@ def vae_config_from_stable_audio(model_config: dict, checkpoint: str | None = No
             raise ValueError(f"{part} type {model[part]['type']!r} is not supported (oobleck only)")
     if model.get("bottleneck", {}).get("type") != "vae":
         raise ValueError("only the 'vae' bottleneck is supported")
-    return VAEConfig(
+    return OobleckVAEConfig(
         sample_rate=model_config["sample_rate"],
         encoder=OobleckEncoderConfig(**model["encoder"]["config"]),
         decoder=OobleckDecoderConfig(**model["decoder"]["config"]),
@@ -264,11 +325,25 @@ def vae_config_from_stable_audio(model_config: dict, checkpoint: str | None = No
     )
 
 
-def load_vae(cfg: VAEConfig) -> OobleckVAE:
-    """Build the VAE and, when the config names one, load its stable-audio-tools checkpoint strictly."""
-    vae = OobleckVAE(cfg)
+def build_vae(cfg: VAEConfig) -> AudioAutoencoder:
+    """An untrained VAE of the config's family."""
+    if isinstance(cfg, SpectralVAEConfig):
+        from model.specvae import SpectralVAE  # imports this module: resolved at call time
+
+        return SpectralVAE(cfg)
+    return OobleckVAE(cfg)
+
+
+def load_vae(cfg: VAEConfig) -> AudioAutoencoder:
+    """Build the VAE and, when the config names a checkpoint, load it strictly (stable-audio-tools layout for
+    Oobleck, our own safetensors layout for the spectral family)."""
+    vae = build_vae(cfg)
     if cfg.checkpoint is not None:
-        vae.load_state_dict(read_stable_audio_state_dict(cfg.checkpoint), strict=True)
+        if isinstance(cfg, SpectralVAEConfig):
+            state = {k: v.float() for k, v in read_safetensors(cfg.checkpoint).items()}
+        else:
+            state = read_stable_audio_state_dict(cfg.checkpoint)
+        vae.load_state_dict(state, strict=True)
     return vae
 
 

@@ -21,7 +21,7 @@ from model.engine.request import GenerationParams, GenerationRequest
 from model.engine.runner import Runner, patch_noise, refine_patches
 from model.engine.scheduler import Scheduler
 from model.media import probe_video, sample_frames
-from model.vae import OobleckVAE
+from model.vae import AudioAutoencoder
 from model.videorobin import VideoRobin
 
 Progress = Callable[[int, int], None]  # (patches done, patches total)
@@ -73,7 +73,7 @@ class GenerationResult:
     duration_s: float
 
 
-def decode_latents(vae: OobleckVAE, latents: torch.Tensor, duration_s: float) -> np.ndarray:
+def decode_latents(vae: AudioAutoencoder, latents: torch.Tensor, duration_s: float) -> np.ndarray:
     """(D, L) VAE latents -> (C, S) float32 audio trimmed to `duration_s` (chunked, non-causal decode)."""
     device = next(vae.parameters()).device
     audio = vae.decode(latents[None].to(device))[0]
@@ -126,7 +126,7 @@ def build_request(
         frames=frames,
         duration_s=duration_s,
         n_patches=cfg.patches_for(duration_s),
-        params=params,
+        params=params.with_defaults(cfg.flow),
     )
 
 

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import soundfile as sf
 
-from jobs.train import latest_train_state
+from jobs.train_runs import latest_train_state
 from tests.media_files import dataset_with_corrupt_row, write_jsonl
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

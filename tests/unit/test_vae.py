@@ -10,7 +10,6 @@ from model.config import load_config
 from model.vae import (
     OobleckVAE,
     StreamingLatents,
-    decoder_context,
     load_vae_from_stable_audio,
     vae_config_from_stable_audio,
 )
@@ -146,7 +145,7 @@ def test_stable_audio_open_config_is_understood():
     }
     cfg = vae_config_from_stable_audio(sao)
     assert (cfg.hop, cfg.sample_rate, cfg.latent_dim) == (2048, 44100, 64)
-    assert decoder_context(cfg.decoder) >= 8
+    assert cfg.decode_context >= 8
 
 
 def test_unsupported_bottleneck_is_refused():
@@ -162,13 +161,13 @@ def test_latents_streamed_patch_by_patch_decode_to_the_whole_clip_bit_for_bit():
     latents = torch.randn(1, vae.cfg.decoder.latent_dim, 100)
     samples = 100 * vae.hop - 777  # a duration that ends inside the last latent
     whole = vae.decode(latents, chunk=32)[0, :, :samples]
-    stream = StreamingLatents(latents.shape[1], 100, 32, vae.context, samples)
+    stream = StreamingLatents(vae.cfg.model_copy(update={"chunk_latents": 32}), 100, samples)
     pieces, first_at = [], None
     for start in range(0, 100, 4):  # 4-latent patches
         for window, window_latents in stream.add(latents[0, :, start : start + 4].numpy()):
             first_at = first_at if first_at is not None else start + 4
             audio = vae.decode_window(torch.from_numpy(window_latents.copy())[None], window)[0].numpy()
-            pieces.append(stream.trim(audio))
+            pieces.append(stream.emit(window, audio))
     assert stream.done and len(pieces) == 4
     assert first_at == 32 + vae.context + (-(32 + vae.context) % 4)  # the first window needs its right context
     assert torch.equal(torch.from_numpy(np.concatenate(pieces, axis=1)), whole)

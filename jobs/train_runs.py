@@ -1,0 +1,111 @@
+"""What every Ray Train job of ours shares: the run directory, its checkpoints, resume rules, the schedule.
+
+A run lives at `<storage>/<name>`. Ray registers a checkpoint only once every rank's files are uploaded (its
+snapshot file names the latest), so a crash mid-save leaves the previous checkpoint as the latest. Each
+checkpoint carries `train_state.json` (step, data position, loss history) beside the model's own files.
+`videorobin train` (DeepSpeed) and `videorobin train-vae` (DDP) both build on this.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable
+
+from model.io import read_bytes, uri_exists, uri_join
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "train_state.json"
+RUN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's registered checkpoints
+
+
+class TrainingFailed(Exception):
+    """The run ended in an error after its retries (`--max-failures`)."""
+
+
+def run_exists(storage: str, name: str) -> bool:
+    return uri_exists(uri_join(uri_join(storage, name), RUN_SNAPSHOT))
+
+
+def refuse_unasked_resume(storage: str, name: str, resume: bool) -> None:
+    """Ray Train would silently continue a run that has checkpoints; we make the caller say so."""
+    if run_exists(storage, name) and not resume:
+        raise ValueError(
+            f"run {name} already has checkpoints under {storage}: pass --resume to continue it or --name for a new run"
+        )
+
+
+def latest_train_state(storage: str, name: str) -> dict | None:
+    """train_state.json of a run's latest registered checkpoint, or None while it has none."""
+    run_dir = uri_join(storage, name)
+    if not uri_exists(uri_join(run_dir, RUN_SNAPSHOT)):
+        return None
+    latest = json.loads(read_bytes(uri_join(run_dir, RUN_SNAPSHOT)))["latest_checkpoint_result"]
+    if latest is None:
+        return None
+    return json.loads(read_bytes(uri_join(uri_join(run_dir, latest["checkpoint_dir_name"]), STATE_FILE)))
+
+
+def read_train_state(checkpoint_dir: str) -> dict:
+    with open(os.path.join(checkpoint_dir, STATE_FILE)) as f:
+        return json.load(f)
+
+
+def check_cluster_cpus(workers: int, cpus_per_worker: float, use_gpu: bool, spare: float) -> None:
+    """Refuse a CPU run whose workers leave fewer than `spare` CPUs for its data tasks (Ray would wait forever)."""
+    import ray
+
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if not use_gpu and cpus < workers * cpus_per_worker + spare:
+        raise ValueError(
+            f"the cluster has {cpus:g} CPUs: {workers} workers x {cpus_per_worker:g} CPUs leave fewer than {spare:g} "
+            "for reading the data; lower --cpus-per-worker or --workers"
+        )
+
+
+def fit(trainer):
+    """trainer.fit(), with Ray's failure after the retries turned into one `TrainingFailed` line."""
+    import ray.train
+
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise TrainingFailed(" ".join(str(err).split())[-2000:]) from err
+
+
+def save_checkpoint(write_files: Callable[[str], None], state: dict, metrics: dict, rank: int) -> None:
+    """Report a checkpoint: `write_files(dir)` on every rank (a collective for sharded saves), state from rank 0."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_files(tmp)
+        if rank == 0:
+            with open(os.path.join(tmp, STATE_FILE), "w") as f:
+                json.dump(state, f)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """LR factor at optimizer step `step` (0-based): linear warm-up to 1, then cosine to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def log_step(job: str, step: int, total: int, metrics: dict, extra: str = "") -> None:
+    log.info(
+        "[videorobin %s] step %d/%d loss %.4f lr %.2e grad-norm %.3f %.2f samples/s%s",
+        job,
+        step,
+        total,
+        metrics["loss"],
+        metrics["lr"],
+        metrics["grad_norm"],
+        metrics["samples_per_s"],
+        extra,
+    )

@@ -1,0 +1,218 @@
+"""The spectral VAE: a compact audio autoencoder whose every layer runs at a frame rate, not at 48 kHz.
+
+    audio (B, C, S) -> mid (B, S) -> log-frequency spectrogram (B, F, 4L) at 100 frames/s
+      -> ConvNeXt blocks -> stride-4 conv -> ConvNeXt blocks at 25 Hz -> (B, 2D, L) mean | log-variance
+    latents (B, D, L) -> ConvNeXt blocks at 25 Hz -> x4 transposed conv -> ConvNeXt blocks at 100 Hz
+      -> per-frame log magnitude of an n_fft-point spectrum -> Griffin-Lim phase -> (B, C, L * 1920)
+
+Why this shape (README, "The default model"): an Oobleck decoder runs its convolutions at the audio rate
+and costs seconds per second of audio on a CPU; here the heavy layers see 100 frames per second and the
+waveform comes from inverse FFTs (the Vocos idea). The encoder reads a log-frequency spectrogram from a long
+analysis window (36 bins per octave from 4096-point frames) because a first probe with linear STFT input
+learned loudness and onsets but not pitch (DESIGN.md §6); these bins resolve semitones down to the bass.
+
+The decoder predicts magnitudes only. Measured on real renders: Griffin-Lim from the true 1920-point
+magnitudes keeps every clip's key and tempo, while a predicted phase trained without an adversary (a first
+version of this file) kept half as many keys as Griffin-Lim on the same predicted magnitudes. Training
+therefore needs no waveform at all (every loss compares spectra, model/specvae_loss.py), and decoding
+starts Griffin-Lim from a fixed oscillator phase that is a function of the absolute frame index, so it is
+deterministic and windows that overlap agree closely; `AudioAutoencoder.decode` crossfades them.
+
+The model works on the mid signal and writes it to every output channel: the training renders are nearly
+mono (their side signal is measured and reported), so a side channel would cost half the decoder for
+nothing the data holds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import SpectralVAEConfig
+from model.vae import AudioAutoencoder
+
+LOG_FLOOR = 1e-5  # magnitudes below this (-100 dB) are silence to the log spectrogram
+MAX_LOG_MAGNITUDE = 8.0  # exp(8) ~ 3000: far above any real frame of [-1, 1] audio, keeps exp() finite
+
+
+def log_frequency_filterbank(sample_rate: int, n_fft: int, bins_per_octave: int, f_min: float, f_max: float):
+    """(F, n_fft // 2 + 1) triangular filters on a log-frequency axis, each row summing to 1.
+
+    Where a filter is narrower than the FFT's bin spacing (the bass) it holds no bin centre; it then
+    interpolates linearly between the two bins around its centre, so every row sees the spectrum.
+    """
+    n_bins = math.floor(bins_per_octave * math.log2(f_max / f_min)) + 1
+    cpu = torch.device("cpu")  # a constant, built the same way whatever the default device
+    centres = f_min * 2.0 ** (torch.arange(-1, n_bins + 1, dtype=torch.float64, device=cpu) / bins_per_octave)
+    fft_freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1, dtype=torch.float64, device=cpu)
+    lo, mid, hi = centres[:-2, None], centres[1:-1, None], centres[2:, None]
+    rising = (fft_freqs[None] - lo) / (mid - lo)
+    falling = (hi - fft_freqs[None]) / (hi - mid)
+    bank = torch.clamp(torch.minimum(rising, falling), min=0)  # (F, K)
+    spacing = sample_rate / n_fft
+    for row in torch.nonzero(bank.sum(1) == 0).flatten().tolist():
+        position = float(centres[row + 1]) / spacing
+        left = int(position)
+        bank[row, left] = 1 - (position - left)
+        bank[row, min(left + 1, bank.shape[1] - 1)] += position - left
+    return (bank / bank.sum(1, keepdim=True)).float()
+
+
+class LogFrequencySpectrogram(nn.Module):
+    """(B, S) audio -> (B, F, S // hop) log magnitudes on log-spaced bins; frame k is centred at k * hop."""
+
+    def __init__(
+        self, sample_rate: int, n_fft: int, hop: int, bins_per_octave: int, f_min: float, f_max: float
+    ) -> None:
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        bank = log_frequency_filterbank(sample_rate, n_fft, bins_per_octave, f_min, f_max)
+        self.register_buffer("bank", bank, persistent=False)
+
+    @property
+    def bins(self) -> int:
+        return self.bank.shape[0]
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        frames = audio.shape[-1] // self.hop
+        spec = torch.stft(
+            audio.float(),
+            self.n_fft,
+            self.hop,
+            window=self.window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )[..., :frames]  # (B, K, T)
+        return torch.log(torch.einsum("fk,bkt->bft", self.bank, spec.abs()) + LOG_FLOOR)
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise conv over time, then a per-frame MLP, added back with a learned per-channel scale."""
+
+    def __init__(self, width: int, mult: int, kernel: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv1d(width, width, kernel, padding=kernel // 2, groups=width)
+        self.norm = nn.LayerNorm(width)
+        self.up = nn.Linear(width, mult * width)
+        self.down = nn.Linear(mult * width, width)
+        self.scale = nn.Parameter(torch.full((width,), 0.1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, W, T)
+        h = self.norm(self.dwconv(x).transpose(1, 2))  # (B, T, W)
+        h = self.down(F.gelu(self.up(h))) * self.scale
+        return x + h.transpose(1, 2)
+
+
+def _blocks(cfg: SpectralVAEConfig, n: int) -> nn.Sequential:
+    return nn.Sequential(*(ConvNeXtBlock(cfg.width, cfg.ffn_mult, cfg.kernel) for _ in range(n)))
+
+
+class SpectralEncoder(nn.Module):
+    def __init__(self, cfg: SpectralVAEConfig) -> None:
+        super().__init__()
+        self.features = LogFrequencySpectrogram(
+            cfg.sample_rate, cfg.analysis_fft, cfg.frame_hop, cfg.bins_per_octave, cfg.f_min, cfg.f_max
+        )
+        self.inp = nn.Conv1d(self.features.bins, cfg.width, cfg.kernel, padding=cfg.kernel // 2)
+        self.frame_blocks = _blocks(cfg, cfg.encoder_frame_blocks)
+        self.down = nn.Conv1d(cfg.width, cfg.width, cfg.frames_per_latent, stride=cfg.frames_per_latent)
+        self.latent_blocks = _blocks(cfg, cfg.encoder_latent_blocks)
+        self.norm = nn.LayerNorm(cfg.width)
+        self.out = nn.Linear(cfg.width, 2 * cfg.latent_dim)
+
+    def forward(self, mono: torch.Tensor) -> torch.Tensor:
+        """(B, S) with S a multiple of the latent hop -> (B, 2D, L): posterior mean and log-variance."""
+        x = self.frame_blocks(self.inp(self.features(mono)))  # (B, W, 4L)
+        x = self.latent_blocks(self.down(x))  # (B, W, L)
+        return self.out(self.norm(x.transpose(1, 2))).transpose(1, 2)
+
+
+class SpectralDecoder(nn.Module):
+    def __init__(self, cfg: SpectralVAEConfig) -> None:
+        super().__init__()
+        self.inp = nn.Conv1d(cfg.latent_dim, cfg.width, cfg.kernel, padding=cfg.kernel // 2)
+        self.latent_blocks = _blocks(cfg, cfg.decoder_latent_blocks)
+        self.up = nn.ConvTranspose1d(cfg.width, cfg.width, cfg.frames_per_latent, stride=cfg.frames_per_latent)
+        self.frame_blocks = _blocks(cfg, cfg.decoder_frame_blocks)
+        self.norm = nn.LayerNorm(cfg.width)
+        self.head = nn.Linear(cfg.width, cfg.n_fft // 2 + 1)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, D, L) -> (B, K, 4L) log magnitudes, K = n_fft // 2 + 1 bins."""
+        x = self.frame_blocks(self.up(self.latent_blocks(self.inp(latents))))  # (B, W, 4L)
+        return self.head(self.norm(x.transpose(1, 2))).transpose(1, 2).clamp(max=MAX_LOG_MAGNITUDE)
+
+
+class SpectralVAE(AudioAutoencoder):
+    """encode: (B, C, S) -> (B, D, ceil(S / hop)) posterior mean; decode: (B, D, L) -> (B, C, L * hop)."""
+
+    def __init__(self, cfg: SpectralVAEConfig) -> None:
+        super().__init__(cfg)
+        self.encoder = SpectralEncoder(cfg)
+        self.decoder = SpectralDecoder(cfg)
+        self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
+        bins = cfg.n_fft // 2 + 1
+        start = torch.rand(bins, generator=torch.Generator().manual_seed(0), device="cpu") * 2 * math.pi
+        self.register_buffer("start_phase", start, persistent=False)  # fixed: decoding is deterministic
+        self.freeze()  # frozen wherever it is used; `videorobin train-vae` unfreezes its own copy
+
+    def mid(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, C, S) -> (B, S') mono, zero-padded to a whole number of latents."""
+        return F.pad(audio.mean(1), (0, -audio.shape[-1] % self.hop))
+
+    def posterior(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, S) -> mean and log-variance, each (B, D, L)."""
+        return self.encoder(self.mid(audio)).chunk(2, dim=1)
+
+    @torch.no_grad()
+    def encode(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.posterior(audio)[0]
+
+    def oscillator_phase(self, first_frame: int, frames: int) -> torch.Tensor:
+        """(K, T) phases of one steady oscillator per bin: where Griffin-Lim starts, a function of absolute time."""
+        t = torch.arange(first_frame, first_frame + frames, device=self.start_phase.device, dtype=torch.float64)
+        k = torch.arange(self.start_phase.shape[0], device=t.device, dtype=torch.float64)
+        advance = (2 * math.pi * self.cfg.frame_hop / self.cfg.n_fft) * torch.outer(k, t)  # bin k's turns per hop
+        return (self.start_phase[:, None].double() + advance).remainder(2 * math.pi).float()
+
+    def _stft(self, mono: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(
+            mono,
+            self.cfg.n_fft,
+            self.cfg.frame_hop,
+            window=self.window,
+            center=True,
+            pad_mode="constant",
+            return_complex=True,
+        )
+        return spec[..., : mono.shape[-1] // self.cfg.frame_hop]
+
+    def _istft(self, spec: torch.Tensor) -> torch.Tensor:
+        T = spec.shape[-1]
+        return torch.istft(
+            spec, self.cfg.n_fft, self.cfg.frame_hop, window=self.window, center=True, length=T * self.cfg.frame_hop
+        )
+
+    def griffin_lim(self, magnitude: torch.Tensor, first_frame: int = 0) -> torch.Tensor:
+        """(B, K, T) magnitudes -> (B, T * frame_hop) waveform: fast Griffin-Lim (momentum 0.99, Perraudin et
+        al. 2013) for `cfg.griffin_lim_iters` rounds from the oscillator phase."""
+        phase = self.oscillator_phase(first_frame, magnitude.shape[-1])
+        angles = torch.polar(torch.ones_like(phase), phase).expand_as(magnitude)
+        previous = torch.zeros_like(angles)
+        momentum = 0.99 / 1.99
+        for _ in range(self.cfg.griffin_lim_iters):
+            rebuilt = self._stft(self._istft(magnitude * angles))
+            accelerated = rebuilt - momentum * previous
+            angles = accelerated / (accelerated.abs() + 1e-8)
+            previous = rebuilt
+        return self._istft(magnitude * angles)
+
+    def decode_all(self, latents: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        magnitude = self.decoder(latents).float().exp()
+        mono = self.griffin_lim(magnitude, first_frame=offset * self.cfg.frames_per_latent)
+        return mono[:, None].expand(-1, self.cfg.audio_channels, -1)
