@@ -198,6 +198,26 @@ def summarise(metrics: dict, captions: dict[str, str], families: dict[str, str])
     }
 
 
+COLUMNS = (
+    ("tempo_accuracy", "tempo acc."),
+    ("key_score", "key score"),
+    ("beat_cut_f", "beat-cut F"),
+    ("fd_musicnn", "FD musicnn"),
+    ("family_tag_hits", "family tags"),
+    ("family_tag_chance", "tag chance"),
+)
+
+
+def format_table(conditions: dict[str, dict]) -> str:
+    """The quality table as Markdown, one row per condition."""
+    lines = ["| condition | clips | " + " | ".join(label for _, label in COLUMNS) + " |"]
+    lines.append("|" + " --- |" * (len(COLUMNS) + 2))
+    for name, row in conditions.items():
+        cells = ["" if row.get(k) is None else f"{row[k]:.3f}" for k, _ in COLUMNS]
+        lines.append(f"| {name} | {row['clips']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run(cfg: QualityConfig) -> dict:
     import ray
 

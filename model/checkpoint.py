@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
+from importlib import resources
 
 import fsspec
 import torch
@@ -35,13 +36,22 @@ from model.vision import ClipEncoder
 from model.weights import read_safetensors, write_safetensors
 
 TOKENIZER_DIR = "tokenizer"
+DEFAULT_DIR = "default"  # the shipped default model, a checkpoint directory inside the `model` package
 
 
 def _is_relative(path: str) -> bool:
     return "://" not in path and not os.path.isabs(path)
 
 
-def _save_frozen(uri: str, cfg: VideoRobinConfig, vae: AudioAutoencoder, tokenizer: Tokenizer) -> VideoRobinConfig:
+def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    if dtype is None:
+        return state
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+
+def _save_frozen(
+    uri: str, cfg: VideoRobinConfig, vae: AudioAutoencoder, tokenizer: Tokenizer, dtype: torch.dtype | None = None
+) -> VideoRobinConfig:
     """Write the VAE and tokenizer files; return `cfg` pointing at this directory instead of the sources."""
     vision = cfg.vision.model_copy(update={"clip_checkpoint": None}) if cfg.vision is not None else None
     text = cfg.text
@@ -52,16 +62,17 @@ def _save_frozen(uri: str, cfg: VideoRobinConfig, vae: AudioAutoencoder, tokeniz
                 with open(os.path.join(tmp, name), "rb") as f:
                     write_bytes_atomic(uri_join(uri_join(uri, TOKENIZER_DIR), name), f.read())
         text = text.model_copy(update={"tokenizer": TOKENIZER_DIR})
-    write_safetensors(uri_join(uri, "vae.safetensors"), vae.state_dict())
+    write_safetensors(uri_join(uri, "vae.safetensors"), _cast(vae.state_dict(), dtype))
     return cfg.model_copy(
         update={"vision": vision, "text": text, "vae": cfg.vae.model_copy(update={"checkpoint": None})}
     )
 
 
-def save_bundle(bundle: Bundle, uri: str) -> None:
-    """Write `bundle` as a checkpoint directory at `uri`."""
-    saved = _save_frozen(uri, bundle.config, bundle.vae, bundle.tokenizer)
-    write_safetensors(uri_join(uri, "model.safetensors"), bundle.model.state_dict())
+def save_bundle(bundle: Bundle, uri: str, dtype: torch.dtype | None = None) -> None:
+    """Write `bundle` as a checkpoint directory at `uri` (weights cast to `dtype` when given, e.g. fp16 to ship;
+    loading casts them back to the model's dtype)."""
+    saved = _save_frozen(uri, bundle.config, bundle.vae, bundle.tokenizer, dtype)
+    write_safetensors(uri_join(uri, "model.safetensors"), _cast(bundle.model.state_dict(), dtype))
     stats = {"mean": bundle.model.latent_mean.tolist(), "std": bundle.model.latent_std.tolist()}
     write_bytes_atomic(uri_join(uri, "latent_stats.json"), json.dumps(stats).encode())
     write_bytes_atomic(uri_join(uri, "config.json"), saved.to_json().encode())
@@ -76,6 +87,12 @@ def save_encoders(
         write_safetensors(uri_join(uri, "clip.safetensors"), clip.state_dict())
     write_bytes_atomic(uri_join(uri, "config.json"), saved.to_json().encode())
     return saved
+
+
+def default_checkpoint() -> str | None:
+    """The default model shipped inside the package (`model/default/`), or None when this install has none."""
+    path = resources.files("model").joinpath(DEFAULT_DIR)
+    return str(path) if path.joinpath("config.json").is_file() else None
 
 
 def read_config(uri: str) -> VideoRobinConfig:

@@ -217,7 +217,7 @@ class SpectralVAEConfig(_Strict):
     encoder_latent_blocks: int = Field(default=2, ge=0)  # ... at the latent rate
     decoder_latent_blocks: int = Field(default=2, ge=0)
     decoder_frame_blocks: int = Field(default=6, ge=0)
-    griffin_lim_iters: int = Field(default=32, ge=0)  # phase recovery per decode window (0: the initial phase)
+    griffin_lim_iters: int = Field(default=8, ge=0)  # phase refinement rounds per decode window (0: the estimate)
     crossfade_latents: int = Field(default=4, ge=0)  # decode windows overlap by this much, faded into each other
     checkpoint: str | None = None  # a safetensors file in our key layout (a train-vae export)
     chunk_latents: int = Field(default=128, gt=0)
@@ -351,6 +351,11 @@ def load_config(source: str = "tiny", overrides: list[str] | None = None) -> Vid
 def apply_overrides(cfg: VideoRobinConfig, overrides: list[str]) -> VideoRobinConfig:
     """`cfg` with `a.b=value` overrides applied, validated again."""
     return _validated(cfg.model_dump(), overrides)
+
+
+def with_vae(cfg: VideoRobinConfig, vae: VAEConfig) -> VideoRobinConfig:
+    """`cfg` with another VAE (e.g. a train-vae export), validated again against the model's latent width."""
+    return VideoRobinConfig.model_validate(cfg.model_dump() | {"vae": vae.model_dump()})
 
 
 def _validated(tree: dict[str, Any], overrides: list[str]) -> VideoRobinConfig:

@@ -144,8 +144,8 @@ class AudioAutoencoder(nn.Module, abc.ABC):
         """(B, C, S) audio -> (B, D, ceil(S / hop)) posterior mean."""
 
     @abc.abstractmethod
-    def decode_all(self, latents: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """(B, D, L) latents whose first is latent number `offset` of the clip -> (B, C, L * hop) audio."""
+    def decode_all(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, D, L) latents -> (B, C, L * hop) audio, in one pass."""
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
@@ -161,7 +161,7 @@ class AudioAutoencoder(nn.Module, abc.ABC):
     def decode_window(self, latents: torch.Tensor, window: DecodeWindow) -> torch.Tensor:
         """(B, D, hi - lo) latents of `window` -> (B, C, (end + fade_out - start) * hop): the window's kept audio,
         its first `fade_in` latents faded in and its last `fade_out` faded out (the two fades sum to 1)."""
-        audio = self.decode_all(latents, offset=window.lo)
+        audio = self.decode_all(latents)
         audio = audio[
             ..., (window.start - window.lo) * self.hop : (window.end + window.fade_out - window.lo) * self.hop
         ]
@@ -199,8 +199,8 @@ class OobleckVAE(AudioAutoencoder):
         mean, _scale = self.encoder(audio).chunk(2, dim=1)
         return mean
 
-    def decode_all(self, latents: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        return self.decoder(latents)  # a pure function of the latents: where they sit does not matter
+    def decode_all(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.decoder(latents)
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,9 @@ BAD = {
     "steps < 1": (["--video", "{good}", "--steps", "0"], "steps must be at least 1"),
     "cfg < 0": (["--video", "{good}", "--cfg", "-1"], "guidance (cfg) must be >= 0"),
     "bad output name": (["--video", "{good}", "--out", "{tmp}/x.mp3"], "must end in .wav or .flac"),
+    "neither video nor prompt": (["--duration", "2"], "give --video, or --prompt and --duration"),
+    "prompt without duration": (["--prompt", "calm harp, 60 BPM"], "--duration says how many seconds"),
+    "prompt-only with --mux": (["--prompt", "calm", "--duration", "2", "--mux", "{tmp}/x.mp4"], "--mux needs --video"),
 }
 
 

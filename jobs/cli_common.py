@@ -1,0 +1,148 @@
+"""What every `videorobin` command shares: one-line errors, flag groups, and which model a command runs.
+
+Which model: `--checkpoint` when given; else random weights of `--preset` when that is given (explicitly
+asked for); else the default model shipped inside the package (`model/default/`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+import torch
+from pydantic import ValidationError
+
+from model.media import MediaError
+
+log = logging.getLogger("videorobin")
+
+USER_ERRORS = (MediaError, ValueError, FileNotFoundError, ValidationError)
+
+
+class CLIError(Exception):
+    """A problem with the command line the user can fix."""
+
+
+class CommandParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage + error; we want one line
+        raise CLIError(message)
+
+
+def one_line(err: BaseException) -> str:
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        return f"invalid config: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def device_name(name: str | None) -> str:
+    if name:
+        return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def job_flags(args, config_cls) -> dict:
+    """The parsed flags that are fields of a job's config, by name (e.g. --encode-batch -> encode_batch)."""
+    return {k: getattr(args, k) for k in config_cls.model_fields if hasattr(args, k)}
+
+
+def model_checkpoint(args) -> str | None:
+    """The checkpoint a command runs: --checkpoint, else the shipped default; None when --preset asks for
+    random weights instead."""
+    from model.checkpoint import default_checkpoint
+
+    if getattr(args, "checkpoint", None):
+        return args.checkpoint
+    if getattr(args, "preset", None):
+        return None
+    default = default_checkpoint()
+    if default is None:
+        raise CLIError("this install ships no default model: pass --checkpoint, or --preset for random weights")
+    return default
+
+
+def load_model(args):
+    """The Bundle a command runs (see `model_checkpoint`)."""
+    from model.build import build_bundle
+    from model.checkpoint import load_bundle
+    from model.config import load_config
+
+    checkpoint = model_checkpoint(args)
+    if checkpoint is not None:
+        return load_bundle(checkpoint)
+    log.warning("--preset %s: randomly initialised weights, so the output is not music", args.preset)
+    return build_bundle(load_config(args.preset, args.set), seed=0)
+
+
+def saved_model(args, where: str) -> str:
+    """A checkpoint path for commands whose workers load the model themselves (score, serve): the chosen
+    one, or random `--preset` weights saved once at `where`."""
+    from model.build import build_bundle
+    from model.checkpoint import save_bundle
+    from model.config import load_config
+    from model.io import uri_exists, uri_join
+
+    checkpoint = model_checkpoint(args)
+    if checkpoint is not None:
+        return checkpoint
+    if not uri_exists(uri_join(where, "config.json")):
+        log.warning("--preset %s: randomly initialised weights (saved to %s)", args.preset, where)
+        save_bundle(build_bundle(load_config(args.preset, args.set)), where)
+    return where
+
+
+def progress_bar(total_label: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    from tqdm import tqdm
+
+    bar = tqdm(desc=total_label, unit="patch", disable=not sys.stderr.isatty())
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="checkpoint directory (local path or fsspec URI); default: the shipped model")
+    p.add_argument("--preset", help="random weights of this preset or config file instead (tiny, small, paper)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (with --preset)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="Euler steps per patch (>= 1; default: the model's)")
+    p.add_argument("--cfg", type=float, help="classifier-free guidance scale (>= 0; default: the model's)")
+    p.add_argument("--max-duration", type=float, default=120.0, help="longest clip accepted, seconds")
+
+
+def add_pool_args(p: argparse.ArgumentParser, stages: tuple[tuple[str, int], ...]) -> None:
+    """Sizing flags of a Ray Data job's actor pools: --<stage>-actors/-batch/-gpus and --actor-cpus."""
+    for stage, batch in stages:
+        p.add_argument(f"--{stage}-actors", type=int, default=1, help=f"{stage} actor pool size")
+        p.add_argument(f"--{stage}-batch", type=int, default=batch, help=f"rows per {stage} batch")
+        p.add_argument(f"--{stage}-gpus", type=float, default=0.0, help=f"GPUs per {stage} actor")
+    p.add_argument("--actor-cpus", type=float, default=0.5, help="CPUs per actor (keep <= 0.5 on tiny clusters)")
+
+
+def add_run_args(p: argparse.ArgumentParser, name: str | None) -> None:
+    """The flags of a Ray Train run: where it lives, resuming, its cluster."""
+    p.add_argument("--storage", required=True, help="where runs and checkpoints live (path, s3://, gs://)")
+    p.add_argument("--steps", type=int, required=True, help="optimizer steps in the whole run")
+    p.add_argument("--name", default=name, help=f"run name under --storage (default: {name or 'videorobin-<stage>'})")
+    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint (or start it)")
+    p.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    p.add_argument("--workers", type=int, default=1, help="training workers (one per GPU)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="0 trains on CPUs (gloo, fp32)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=4, help="clips per worker per step")
+    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--max-failures", type=int, default=3, help="worker-group restarts before giving up")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def training_failed(err: BaseException) -> dict:
+    print(f"videorobin: training failed: {one_line(err)}", file=sys.stderr)
+    return {"exit_status": 1}

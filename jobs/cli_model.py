@@ -1,0 +1,161 @@
+"""Commands that run the model directly: generate, demo, info, serve."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+
+from jobs.cli_common import (
+    CLIError,
+    add_model_args,
+    device_name,
+    load_model,
+    progress_bar,
+    saved_model,
+)
+
+log = logging.getLogger("videorobin")
+
+AUDIO_FORMATS = {".wav": "wav", ".flac": "flac"}
+
+
+def _generate(args) -> dict:
+    from model.engine import Engine, GenerationParams
+    from model.media import mux, probe_video, write_audio
+
+    fmt = AUDIO_FORMATS.get(os.path.splitext(args.out)[1].lower())
+    if fmt is None:
+        raise CLIError(f"--out {args.out}: must end in .wav or .flac")
+    if args.mux and not args.mux.lower().endswith(".mp4"):
+        raise CLIError(f"--mux {args.mux}: must end in .mp4")
+    if args.video is None:
+        if not args.prompt:
+            raise CLIError("give --video, or --prompt and --duration for music from the prompt alone")
+        if args.duration is None:
+            raise CLIError("without --video, --duration says how many seconds of music to write")
+        if args.mux:
+            raise CLIError("--mux needs --video (the picture to put the music under)")
+    params = GenerationParams(seed=args.seed, duration_s=args.duration, steps=args.steps, guidance=args.cfg)
+    if args.video is not None:
+        probe_video(args.video)  # refuse a bad video before spending time on the model
+    bundle = load_model(args)
+    engine = Engine(bundle, device=device_name(args.device), max_batch=1, max_duration_s=args.max_duration)
+    request = engine.make_request(video=args.video, prompt=args.prompt, params=params)
+    started = time.perf_counter()
+    update, close = progress_bar("generating")
+    try:
+        (result,) = engine.generate([request], progress=update)
+    finally:
+        close()
+    elapsed = time.perf_counter() - started
+    write_audio(args.out, result.audio, result.sample_rate, fmt)
+    if args.mux:
+        mux(args.video, result.audio, result.sample_rate, args.mux)
+    return {
+        "audio": args.out,
+        "mp4": args.mux,
+        "duration_s": round(result.duration_s, 3),
+        "patches": request.n_patches,
+        "seconds": round(elapsed, 2),
+        "rtf": round(elapsed / result.duration_s, 3),
+    }
+
+
+def _demo(args) -> dict:
+    from model.media import write_beat_video
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    video = os.path.join(args.out_dir, "sample.mp4")
+    write_beat_video(video, duration_s=args.duration, beat_s=60.0 / DEMO_BPM, beats_per_bar=4)
+    args.video, args.out = video, os.path.join(args.out_dir, "sample.wav")
+    args.mux = os.path.join(args.out_dir, "sample_with_music.mp4")
+    args.duration = None
+    return {"video": video, **_generate(args)}
+
+
+DEMO_BPM = 90  # the demo prompt's tempo: the sample video cuts on its bars and moves on its beats
+
+
+def _info(args) -> dict:
+    from model.build import parameter_counts
+    from model.config import load_config
+    from model.vae import build_vae
+    from model.videorobin import VideoRobin
+
+    cfg = load_config(args.preset, args.set)
+    with torch.device("meta"):  # count without allocating (the paper preset is ~1 B parameters)
+        counts = parameter_counts(VideoRobin(cfg), build_vae(cfg.vae))
+    width = max(map(len, counts))
+    for name, n in counts.items():
+        print(f"{name:<{width}}  {n:>13,}  ({n / 1e6:.1f} M)")
+    print(
+        f"{'latent':<{width}}  {cfg.latent_dim} channels at {cfg.latent_rate:g} Hz, patch {cfg.patch_size}"
+        f" ({cfg.patch_size / cfg.latent_rate * 1000:.0f} ms), {cfg.patches_for(10.0)} patches per 10 s"
+    )
+    return {}
+
+
+def _serve(args) -> dict:
+    import signal
+    import tempfile
+
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+    from deployments.config import load_serve_config
+
+    checkpoint = args.checkpoint
+    if checkpoint is None and not args.config:
+        checkpoint = saved_model(args, tempfile.mkdtemp(prefix="videorobin-serve-"))
+    cfg = load_serve_config(args.config, checkpoint=checkpoint, mode=args.mode)
+    app = build_app(cfg)
+    ray.init(address=args.address, configure_logging=False)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(app, name="videorobin", route_prefix="/", blocking=False)
+    print(f"videorobin: serving {cfg.mode} on http://{args.host}:{args.port} (docs at /docs); Ctrl-C stops")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it like Ctrl-C
+    try:
+        signal.pause()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal way to stop a server
+        print("videorobin: stopping")
+    finally:
+        serve.shutdown()
+    return {}
+
+
+def add_parsers(sub) -> None:
+    gen = sub.add_parser("generate", help="write a soundtrack for a video, or music for a prompt alone")
+    gen.add_argument("--video", help="input video file (without it: --prompt and --duration)")
+    gen.add_argument("--prompt", help="creator intent; with a video, default: the static video-only prompt")
+    gen.add_argument("--out", required=True, help="output audio (.wav or .flac, 48 kHz stereo)")
+    gen.add_argument("--mux", help="also write this .mp4: the video with the music as its audio")
+    gen.add_argument("--duration", type=float, help="seconds of music (default: the video's duration)")
+    add_model_args(gen)
+    gen.set_defaults(run=_generate)
+
+    demo = sub.add_parser("demo", help="make a sample video, then write its soundtrack and a muxed mp4")
+    demo.add_argument("--out-dir", default="demo_output")
+    demo.add_argument("--duration", type=float, default=8.0, help="length of the sample video, seconds")
+    demo.add_argument("--prompt", default="lo-fi piano, 90 BPM, A minor, builds at the end")
+    add_model_args(demo)
+    demo.set_defaults(run=_demo)
+
+    srv = sub.add_parser("serve", help="the HTTP API on Ray Serve, until interrupted (GET /readyz when ready)")
+    srv.add_argument("--config", help="serving YAML: a ServeConfig, or a Serve config whose app args are one")
+    srv.add_argument("--checkpoint", help="model checkpoint (overrides the config's; default: the shipped model)")
+    srv.add_argument("--mode", choices=["disaggregated", "fused"], help="override the config's mode")
+    srv.add_argument("--preset", help="random weights of this preset instead of a checkpoint")
+    srv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (random model)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    srv.set_defaults(run=_serve)
+
+    info = sub.add_parser("info", help="parameter counts per component")
+    info.add_argument("--preset", default="paper")
+    info.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    info.set_defaults(run=_info)
