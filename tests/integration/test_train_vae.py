@@ -85,8 +85,9 @@ def test_prepare_encodes_with_the_trained_vae_and_evaluate_vae_reports_it(traine
 
     shard = pq.read_table(next((root / "prepared" / "shards").glob("*.parquet"))).to_pylist()
     assert len(shard) == 6 and {r["n_frames"] for r in shard} == {75} and len(shard[0]["latents"]) == 75 * 64
+    report_dir = root / "report"
     result = _cli("evaluate-vae", "--vae", str(root / "vae"), "--manifest", str(root / "good.jsonl"), "--clips", "3",
-                  "--figures", "1", "--out", str(root / "report"), "--address", ray_address, "--actors", "1")  # fmt: skip
+                  "--figures", "1", "--out", str(report_dir), "--address", ray_address, "--actors", "1")  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((root / "report" / "vae_metrics.json").read_text())
     assert report["summary"]["clips"] == 3 and report["summary"]["stft_distance"] > 0
