@@ -69,7 +69,7 @@ def ar_head_cached(engine: Engine, request, teacher: torch.Tensor) -> None:
     rows = Rows.of([0], engine.device)
     model.prefill(Conditions([request.text_ids], [request.frames]), runner.caches, rows)
     for i in range(request.n_patches - 1):
-        model.plan_step(teacher[i][None], runner.caches, rows)
+        model.plan_step(teacher[i][None], runner.caches, rows, torch.tensor([i + 1], device=engine.device))
     runner.free([0])
 
 

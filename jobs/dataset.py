@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -42,6 +43,7 @@ from model.media import write_audio, write_beat_video
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000
+BACKSTOP_S = 120.0  # the driver cancels a task this long past its timeout (an alarm cannot reach C code)
 SOUNDFONTS = (
     "/usr/share/sounds/sf2/FluidR3_GM.sf2",
     "/usr/share/sounds/sf2/TimGM6mb.sf2",
@@ -240,16 +242,34 @@ def make_clip(score, measures, job: PieceJob, clip_id: str, cfg: DatasetConfig) 
     write_bytes_atomic(paths["row"], json.dumps(row).encode())
 
 
+class PieceTimeout(Exception):
+    """The piece's task ran past --task-timeout."""
+
+
 def render_piece(job: PieceJob, cfg: DatasetConfig) -> str | None:
-    """Parse the piece once and render its unfinished clips. Returns why the piece was skipped, or None."""
+    """Parse the piece once and render its unfinished clips. Returns why the piece was skipped, or None.
+
+    The deadline is an alarm in the task itself, so it counts from when the task starts running: on a busy
+    shared cluster a task may wait long for a CPU, and that wait says nothing about the piece."""
+
+    def expire(signum, frame):
+        raise PieceTimeout(f"timed out after {cfg.task_timeout:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, cfg.task_timeout)
     try:
         score = parse(job.piece)
         measures = measures_of(score)
         for clip_id in job.clip_ids:
             if _row_if_done(cfg.out, clip_id, job.piece) is None:
                 make_clip(score, measures, job, clip_id, cfg)
+    except PieceTimeout as err:
+        return str(err)
     except Exception as err:  # whatever a score does to music21 or fluidsynth, only this piece is lost
         return str(err) if isinstance(err, PieceError) else f"{type(err).__name__}: {err}"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
     return None
 
 
@@ -273,16 +293,16 @@ def plan(pool: list[Piece], cfg: DatasetConfig, skipped: dict[str, str]) -> list
 
 
 def _render_all(jobs: list[PieceJob], cfg: DatasetConfig) -> dict[str, str]:
-    """Run one task per piece, as many at a time as the cluster has CPUs for, each cancelled when it runs past
-    the timeout (counted from submission, which is start, as no task waits for a CPU). Returns the pieces
-    skipped, with the reason."""
+    """Run one task per piece, as many at a time as the cluster has CPUs for. A task stops itself at the
+    timeout (`render_piece`); one stuck where no alarm reaches it (inside C code) is cancelled by the driver
+    BACKSTOP_S after its timeout, counted from submission. Returns the pieces skipped, with the reason."""
     task = ray.remote(render_piece).options(num_cpus=cfg.render_cpus, max_retries=0)
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // cfg.render_cpus))
     queue, running, skipped = list(jobs), {}, {}
     while queue or running:
         while queue and len(running) < slots:
             job = queue.pop(0)
-            running[task.remote(job, cfg)] = (job, time.monotonic() + cfg.task_timeout)
+            running[task.remote(job, cfg)] = (job, time.monotonic() + cfg.task_timeout + BACKSTOP_S)
         wait_s = max(0.0, min(deadline for _, deadline in running.values()) - time.monotonic())
         ready, _ = ray.wait(list(running), num_returns=1, timeout=wait_s)
         for ref in ready:
@@ -297,7 +317,7 @@ def _render_all(jobs: list[PieceJob], cfg: DatasetConfig) -> dict[str, str]:
             if deadline <= time.monotonic():
                 ray.cancel(ref, force=True)
                 running.pop(ref)
-                skipped[job.piece.name] = f"timed out after {cfg.task_timeout:g} s"
+                skipped[job.piece.name] = f"cancelled {cfg.task_timeout + BACKSTOP_S:g} s after submission"
     for name, reason in skipped.items():
         log.warning("skipped %s: %s", name, reason)
     return skipped

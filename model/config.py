@@ -275,6 +275,9 @@ class FlowConfig(_Strict):
 class VideoRobinConfig(_Strict):
     version: int = CONFIG_VERSION
     patch_size: int = Field(default=4, gt=0)  # latent frames per AR step; 8 and 16 are the paper's ablations
+    # Our addition, off in the paper's preset: frame tokens and audio positions both carry an embedding of
+    # their time in seconds (model/timing.py), so a patch can find the frames of its own moment by content.
+    time_embedding: bool = False
     latent_dim: int = Field(default=64, gt=0)
     semantic_lm: SemanticLMConfig
     fsq: FSQConfig | None = FSQConfig()  # None with rite=None: the "w/o FSQ + RITE" ablation

@@ -27,6 +27,7 @@ from model.flow import flow_loss
 from model.fsq import FSQ
 from model.locdit import LocDiT
 from model.locenc import LocEnc
+from model.timing import TimeEmbedding
 from model.vision import ClipEncoder
 
 
@@ -70,11 +71,20 @@ class VideoRobin(nn.Module):
         self.plan_proj = nn.Linear(H, Hd)  # W1
         self.residual_proj = nn.Linear(H, Hd) if cfg.rite is not None else None  # W2
         self.locdit = LocDiT(cfg.locdit, D)
+        self.timing = TimeEmbedding(H) if cfg.time_embedding else None
         # Latent standardisation, measured on the training set; stored with the checkpoint (latent_stats.json).
         self.register_buffer("latent_mean", torch.zeros(D), persistent=False)
         self.register_buffer("latent_std", torch.ones(D), persistent=False)
 
     # ---- conditioning -------------------------------------------------------------------------------
+
+    def at_time(self, x: torch.Tensor, seconds: torch.Tensor) -> torch.Tensor:
+        """x (..., H) plus the embedding of its time (...) in seconds, when the model has one (model/timing.py)."""
+        return x if self.timing is None else x + self.timing(seconds.to(x.device))
+
+    def patch_start_s(self, index: torch.Tensor) -> torch.Tensor:
+        """Seconds at which patch number `index` (0-based) starts."""
+        return index * (self.cfg.patch_size / self.cfg.latent_rate)
 
     def prefix(self, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed [text][frames][audio-start] per row, right-padded.
@@ -88,8 +98,9 @@ class VideoRobin(nn.Module):
             if frames is not None:
                 if self.vision_proj is None:
                     raise ValueError("frame features were given but this model has no vision (stage 1)")
-                parts.append(self.vision_proj(frames.to(self.audio_start)))
-            parts.append(self.audio_start[None])
+                frame_s = torch.arange(frames.shape[0], device=self.audio_start.device) / self.cfg.vision.fps
+                parts.append(self.at_time(self.vision_proj(frames.to(self.audio_start)), frame_s))
+            parts.append(self.at_time(self.audio_start, torch.zeros((), device=self.audio_start.device))[None])
             rows.append(torch.cat(parts))
         lengths = torch.tensor([r.shape[0] for r in rows], device=self.audio_start.device)
         return nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths
@@ -118,6 +129,7 @@ class VideoRobin(nn.Module):
         prefix, plen = self.prefix(cond)
         lengths = plen + n_patches - 1
         emb = self.locenc(patches[:, : N - 1]) if N > 1 else prefix.new_zeros(B, 0, prefix.shape[-1])  # (B,N-1,H)
+        emb = self.at_time(emb, self.patch_start_s(torch.arange(1, N, device=emb.device)))  # plans patch j+1
         x = prefix.new_zeros(B, int(lengths.max()), prefix.shape[-1])
         x[:, : prefix.shape[1]] = prefix  # zero-padded past each row's prefix
         slots = plen[:, None] + torch.arange(N - 1, device=x.device)  # (B, N-1) position of patch j+1
@@ -159,9 +171,10 @@ class VideoRobin(nn.Module):
         last = (plen - 1)[:, None]  # audio-start
         return self._mu(_at(q, last)[:, 0], _at(r, last)[:, 0] if r is not None else None)
 
-    def plan_step(self, patch: torch.Tensor, caches: PlanCaches, rows: Rows) -> torch.Tensor:
-        """Feed each row's newest patch (B, P, D) back and return (B, Hd): mu of its next patch."""
-        e = self.locenc(patch)  # (B, H)
+    def plan_step(self, patch: torch.Tensor, caches: PlanCaches, rows: Rows, index: torch.Tensor) -> torch.Tensor:
+        """Feed each row's newest patch (B, P, D) back and return (B, Hd): mu of its next patch, whose number
+        (0-based) is `index` (B,)."""
+        e = self.at_time(self.locenc(patch), self.patch_start_s(index))  # (B, H)
         h = self.semantic_lm.forward_step(e, caches.semantic_lm, rows)
         q = self.fsq(h) if self.fsq is not None else h
         r = self.rite.forward_step(q + e, caches.rite, rows) if self.rite is not None else None

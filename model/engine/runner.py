@@ -39,6 +39,7 @@ class Runner:
         self.caches = model.new_caches(capacity, max_len, self.device)
         self.mu = torch.zeros(capacity, cfg.locdit.hidden, device=self.device)  # each row's pending plan
         self.prev = torch.zeros(capacity, cfg.patch_size, cfg.latent_dim, device=self.device)
+        self.planned = torch.zeros(capacity, dtype=torch.long, device=self.device)  # number of the pending patch
 
     @torch.no_grad()
     def plan_first(self, rows: list[int], requests: list[GenerationRequest]) -> None:
@@ -52,6 +53,7 @@ class Runner:
         cond = Conditions([r.text_ids for r in requests], [r.frames for r in requests])
         self.mu[idx.index] = self.model.prefill(cond, self.caches, idx)
         self.prev[idx.index] = 0.0
+        self.planned[idx.index] = 0
 
     def pending(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows' pending plans (B, Hd) and previous patches (B, P, D): what refining them needs."""
@@ -62,7 +64,8 @@ class Runner:
     def plan_next(self, rows: list[int], patches: torch.Tensor) -> None:
         """Feed the rows' new patches (B, P, D) back through LocEnc, SemanticLM and RITE."""
         idx = Rows.of(rows, self.device)
-        self.mu[idx.index] = self.model.plan_step(patches, self.caches, idx)
+        self.planned[idx.index] += 1
+        self.mu[idx.index] = self.model.plan_step(patches, self.caches, idx, idx.take(self.planned))
         self.prev[idx.index] = patches
 
     def free(self, rows: list[int]) -> None:

@@ -100,3 +100,29 @@ def test_demo_writes_a_sample_video_its_soundtrack_and_the_muxed_mp4(tmp_path):
     assert result.returncode == 0, result.stderr
     assert {p.name for p in tmp_path.iterdir()} == {"sample.mp4", "sample.wav", "sample_with_music.mp4"}
     assert abs(sf.info(str(tmp_path / "sample.wav")).duration - 2.0) <= HOP_S
+
+
+def test_without_checkpoint_every_command_runs_the_shipped_default(tmp_path, videos):
+    """The default model in the package: `generate` without --checkpoint writes exactly what it writes with
+    --checkpoint pointing at model/default, and random weights only come when --preset asks for them."""
+    from model.checkpoint import default_checkpoint
+
+    shipped = default_checkpoint()
+    assert shipped is not None
+    common = ["--video", videos["mid"], "--prompt", "a bright flute melody in G major, 120 BPM", "--steps", "3"]
+    implicit = videorobin("generate", *common, "--out", str(tmp_path / "implicit.wav"))
+    explicit = videorobin("generate", *common, "--out", str(tmp_path / "explicit.wav"), "--checkpoint", shipped)
+    random = videorobin("generate", *common, "--out", str(tmp_path / "random.wav"), "--preset", "small")
+    assert implicit.returncode == explicit.returncode == random.returncode == 0, implicit.stderr
+    assert (tmp_path / "implicit.wav").read_bytes() == (tmp_path / "explicit.wav").read_bytes()
+    assert (tmp_path / "random.wav").read_bytes() != (tmp_path / "implicit.wav").read_bytes()
+    assert "randomly initialised" in random.stderr and "randomly initialised" not in implicit.stderr
+
+
+def test_a_prompt_alone_makes_music_of_the_asked_length(tmp_path):
+    out = tmp_path / "prompt.flac"
+    result = videorobin("generate", "--prompt", "melancholic solo cello, E minor, 66 BPM", "--duration", "2.4",
+                        "--out", str(out), "--steps", "3")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    info = sf.info(str(out))
+    assert (info.samplerate, info.channels) == (48000, 2) and abs(info.duration - 2.4) <= HOP_S

@@ -14,6 +14,7 @@ from deployments.config import load_serve_config
 from deployments.metrics import SERVING_METRICS
 from jobs import metrics
 from jobs.cli import build_parser
+from jobs.pipeline import load_recipe
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RAY_SOURCES = [  # where Ray defines the metrics our dashboards read: Ray Data's, and the nodes' (CPU, GPU)
@@ -39,7 +40,14 @@ def test_rayjob_manifests_pin_our_ray_and_run_commands_our_cli_accepts():
         assert doc["spec"]["rayClusterSpec"]["rayVersion"] == _pinned_ray() == ray.__version__
         argv = shlex.split(doc["spec"]["entrypoint"])
         assert argv[0] == "videorobin"
-        build_parser().parse_args(argv[1:])  # raises on an unknown flag
+        args = build_parser().parse_args(argv[1:])  # raises on an unknown flag
+        if args.command == "pipeline":
+            recipe = load_recipe(args.recipe, args.set)  # the recipe it names exists and validates
+            workers = {s: getattr(recipe, s).get("workers", 1) * getattr(recipe, s).get("gpus_per_worker", 0)
+                       for s in ("vae", "t2m", "v2m")}  # fmt: skip
+            gpus = sum(int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))
+                       * g["maxReplicas"] for g in doc["spec"]["rayClusterSpec"]["workerGroupSpecs"])  # fmt: skip
+            assert max(workers.values()) <= gpus, (path.name, workers, gpus)
 
 
 def test_dashboards_name_only_metrics_that_exist():

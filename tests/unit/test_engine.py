@@ -29,6 +29,30 @@ def test_cached_batched_generation_equals_naive_recompute(tiny_bundle, tiny_cfg)
         assert torch.allclose(out[r.request_id], reference, atol=1e-4), (out[r.request_id] - reference).abs().max()
 
 
+def test_with_a_shared_time_coordinate_the_cache_still_equals_recompute_and_time_matters():
+    """`time_embedding` (model/timing.py): frames and audio positions carry their time; the cached step must
+    add the same times the whole-sequence path adds, and a fresh embedding must leave the model as it was."""
+    from model.build import build_bundle
+    from model.config import load_config
+
+    bundle = build_bundle(load_config("tiny", ["time_embedding=true"]), seed=0)
+    torch.nn.init.normal_(bundle.model.timing.proj.weight, std=0.5)  # starts at zero: give it a say
+    engine = Engine(bundle, max_batch=3)
+    requests = _requests(engine, bundle.config.vision.feature_dim)
+    out = engine.generate_latents(requests)
+    for r in requests:
+        reference = generate_by_recompute(bundle.model, r)
+        assert torch.allclose(out[r.request_id], reference, atol=1e-4), (out[r.request_id] - reference).abs().max()
+    fresh = build_bundle(load_config("tiny", ["time_embedding=true"]), seed=0)  # its time map starts at zero
+    out_fresh = Engine(fresh, max_batch=3).generate_latents(_requests(engine, bundle.config.vision.feature_dim))
+    out_plain = Engine(build_bundle(load_config("tiny"), seed=0), max_batch=3).generate_latents(
+        _requests(engine, bundle.config.vision.feature_dim)
+    )
+    for rid, latents in out_plain.items():  # a new time embedding changes nothing until it is trained
+        assert torch.equal(out_fresh[rid], latents)
+        assert not torch.allclose(out[rid], latents, atol=1e-3)
+
+
 def test_same_seed_same_output_alone_or_in_a_batch(tiny_bundle, tiny_cfg):
     batched = Engine(tiny_bundle, max_batch=3)
     requests = _requests(batched, tiny_cfg.vision.feature_dim)
