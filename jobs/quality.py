@@ -10,6 +10,8 @@ its real video's cuts, and the held-out reference renders (musicnn FD, tags).
     random          the same architecture with random weights (trained VAE and latent statistics kept)
     video_only      the model, its video, the static video-only prompt
     still_video     the model, the static prompt, a still of the video's first frame: video-following control
+    text_only       the model, its caption, no video (the stage-1 use; also how tokenizers are compared)
+    text_shuffled   the model, another clip's caption, no video: the control of text_only
 
     DIR/<condition>/score/   the score job's audio and manifest
     DIR/<condition>/eval/    metrics.json and report.html
@@ -36,7 +38,10 @@ from model.io import read_bytes, uri_exists, uri_join, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
-CONDITIONS = ("references", "prompted", "shuffled", "random", "video_only", "still_video")
+CONDITIONS = (
+    "references", "prompted", "shuffled", "random", "video_only", "still_video", "text_only", "text_shuffled"
+)  # fmt: skip
+TEXT_CONDITIONS = ("text_only", "text_shuffled")  # no video: generated in process, not through `score`
 TEMPO_TOLERANCE = 0.04
 
 
@@ -104,7 +109,7 @@ def catalogue(condition: str, rows: list[dict], out: str, seed: int) -> list[dic
     entries = []
     for i, row in enumerate(rows):
         video, prompt = row["video"], row["caption"]
-        if condition == "shuffled":
+        if condition in ("shuffled", "text_shuffled"):
             prompt = rows[perm[i]]["caption"]
         elif condition in ("video_only", "still_video"):
             prompt = STATIC_PROMPT
@@ -123,6 +128,29 @@ def catalogue(condition: str, rows: list[dict], out: str, seed: int) -> list[dic
             }
         )
     return entries
+
+
+def generate_from_prompts(checkpoint: str, entries: list[dict], out: str, cfg: QualityConfig) -> str:
+    """Prompt-only soundtracks (no video) with the engine in this process: `out/<id>.wav`; existing ones kept."""
+    from model.checkpoint import load_bundle
+    from model.engine import Engine, GenerationParams
+    from model.media import write_audio
+
+    todo = [e for e in entries if not uri_exists(uri_join(out, f"{e['id']}.wav"))]
+    engine = Engine(load_bundle(checkpoint), max_batch=cfg.generate_batch)
+    for first in range(0, len(todo), cfg.generate_batch):
+        chunk = todo[first : first + cfg.generate_batch]
+        requests = [
+            engine.make_request(
+                prompt=e["prompt"],
+                params=GenerationParams(e["seed"], float(e["duration"]), cfg.steps, cfg.guidance),
+                request_id=e["id"],
+            )
+            for e in chunk
+        ]
+        for result in engine.generate(requests):
+            write_audio(uri_join(out, f"{result.request_id}.wav"), result.audio, result.sample_rate)
+    return out
 
 
 def random_checkpoint(trained: str, out: str) -> str:
@@ -246,7 +274,10 @@ def run(cfg: QualityConfig) -> dict:
         metrics_uri = uri_join(where, "eval/metrics.json")
         if not uri_exists(metrics_uri):  # a rerun picks up where a stopped one ended
             generated = references
-            if condition != "references":
+            if condition in TEXT_CONDITIONS:
+                entries = catalogue(condition, rows, cfg.out, cfg.seed)
+                generated = generate_from_prompts(cfg.checkpoint, entries, uri_join(where, "audio"), cfg)
+            elif condition != "references":
                 checkpoint = random_checkpoint(cfg.checkpoint, cfg.out) if condition == "random" else cfg.checkpoint
                 entries = catalogue(condition, rows, cfg.out, cfg.seed)
                 catalogue_uri = uri_join(where, "catalogue.jsonl")

@@ -1,0 +1,93 @@
+"""How fast the shipped default model writes a 10 s soundtrack: latents, decode, total, at batch 1 (CLI use)
+and batch 8 (a catalogue), medians of --repeats runs after one warm-up. Prints JSON; the last line is the
+summary with the device.
+
+    python benchmarks/default_model.py [--checkpoint DIR] [--repeats 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import torch
+
+from model.checkpoint import default_checkpoint, load_bundle
+from model.engine import Engine, GenerationParams
+from model.media import write_beat_video
+
+CLIP_S = 10.0
+PROMPT = "a bright piano piece in D major, 120 BPM"
+
+
+def _device() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{os.cpu_count()}-core {platform.machine()} CPU ({torch.get_num_threads()} torch threads), no GPU"
+
+
+def time_batch(engine: Engine, video: str, batch: int, repeats: int) -> dict:
+    def once(seed: int) -> tuple[float, float]:
+        requests = [engine.make_request(video, PROMPT, GenerationParams(seed=seed + i)) for i in range(batch)]
+        started = time.perf_counter()
+        latents = engine.generate_latents(requests)
+        mid = time.perf_counter()
+        for r in requests:
+            engine.decode(latents[r.request_id], r.duration_s)
+        return mid - started, time.perf_counter() - mid
+
+    once(0)  # warm-up: allocator, kernels, caches
+    runs = [once(100 + k) for k in range(repeats)]
+    latent_s = statistics.median(r[0] for r in runs)
+    decode_s = statistics.median(r[1] for r in runs)
+    return {
+        "batch": batch,
+        "latents_s": round(latent_s, 3),
+        "decode_s": round(decode_s, 3),
+        "total_s": round(latent_s + decode_s, 3),
+        "seconds_per_clip": round((latent_s + decode_s) / batch, 3),
+        "clips_per_s": round(batch / (latent_s + decode_s), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=default_checkpoint())
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(args.checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        video = os.path.join(tmp, "clip.mp4")
+        write_beat_video(video, CLIP_S, beat_s=0.5, beats_per_bar=4)
+        rows = []
+        for batch in (1, 8):
+            engine = Engine(bundle, device="cuda" if torch.cuda.is_available() else "cpu", max_batch=batch)
+            rows.append(time_batch(engine, video, batch, args.repeats))
+            print(json.dumps(rows[-1]))
+    one, eight = rows
+    print(
+        json.dumps(
+            {
+                "device": _device(),
+                "checkpoint": args.checkpoint,
+                "clip_s": CLIP_S,
+                "steps": bundle.config.flow.steps,
+                "batch1_total_s": one["total_s"],
+                "batch1_latents_s": one["latents_s"],
+                "batch1_decode_s": one["decode_s"],
+                "batch8_seconds_per_clip": eight["seconds_per_clip"],
+                "batch8_speedup": round(one["seconds_per_clip"] / eight["seconds_per_clip"], 2),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
