@@ -203,6 +203,10 @@ class SpectralVAEConfig(_Strict):
     sample_rate: int = 48000
     audio_channels: int = Field(default=2, ge=1)
     latent_dim: int = Field(default=64, gt=0, le=128)
+    # The last `pitch_channels` latent channels are not learned: they are the log energy of each semitone from
+    # `pitch_f_min` up (model/specvae.py says why), so the decoder is handed the notes and learns to voice them.
+    pitch_channels: int = Field(default=0, ge=0)
+    pitch_f_min: float = Field(default=65.406, gt=0)  # C2
     frame_hop: int = Field(default=480, gt=0)  # STFT hop: 100 frames/s at 48 kHz
     frames_per_latent: int = Field(default=4, gt=0)  # 480 x 4 = hop 1920: 25 latents/s
     n_fft: int = Field(default=1920, gt=0)  # synthesis window: 4 hops, 25 Hz bins
@@ -230,7 +234,15 @@ class SpectralVAEConfig(_Strict):
             raise ValueError("n_fft must be an even multiple of frame_hop (whole hops either side of a frame)")
         if not self.f_min < self.f_max <= self.sample_rate / 2:
             raise ValueError("need f_min < f_max <= sample_rate / 2")
+        if self.pitch_channels >= self.latent_dim:
+            raise ValueError("pitch_channels must leave some latent channels to learn")
+        if self.pitch_f_min * 2 ** ((self.pitch_channels - 1) / 12) > self.sample_rate / 2:
+            raise ValueError("the top pitch channel is above the Nyquist frequency")
         return self
+
+    @property
+    def learned_channels(self) -> int:
+        return self.latent_dim - self.pitch_channels
 
     @property
     def hop(self) -> int:

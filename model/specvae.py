@@ -125,13 +125,65 @@ class SpectralEncoder(nn.Module):
         self.down = nn.Conv1d(cfg.width, cfg.width, cfg.frames_per_latent, stride=cfg.frames_per_latent)
         self.latent_blocks = _blocks(cfg, cfg.encoder_latent_blocks)
         self.norm = nn.LayerNorm(cfg.width)
-        self.out = nn.Linear(cfg.width, 2 * cfg.latent_dim)
+        self.out = nn.Linear(cfg.width, 2 * cfg.learned_channels)
 
     def forward(self, mono: torch.Tensor) -> torch.Tensor:
-        """(B, S) with S a multiple of the latent hop -> (B, 2D, L): posterior mean and log-variance."""
+        """(B, S) with S a multiple of the latent hop -> (B, 2D', L): posterior mean and log-variance of the
+        D' learned channels."""
         x = self.frame_blocks(self.inp(self.features(mono)))  # (B, W, 4L)
         x = self.latent_blocks(self.down(x))  # (B, W, L)
         return self.out(self.norm(x.transpose(1, 2))).transpose(1, 2)
+
+
+class PitchSalience(nn.Module):
+    """(B, S) audio -> (B, N, S // (hop * frames_per_latent)): log energy of N semitones, per latent frame.
+
+    Why fixed channels: trained end to end on two CPU cores, this VAE's encoder and decoder learned loudness,
+    onsets and the spectral envelope but no notes (after 800 steps, 1 held-out key in 16 survived the round
+    trip: DESIGN.md section 6 saw the same). A semitone spectrogram is a faithful enough account of the notes
+    that the decoder only has to learn how they sound (`PitchPrior` puts them in place), while the learned
+    channels carry timbre, drums and onsets.
+    """
+
+    SCALE = 0.25  # log energies span about -7..2: keep the decoder's inputs near unit scale
+
+    def __init__(self, cfg: SpectralVAEConfig) -> None:
+        super().__init__()
+        f_max = cfg.pitch_f_min * 2 ** ((cfg.pitch_channels - 1) / 12)
+        self.spectrogram = LogFrequencySpectrogram(
+            cfg.sample_rate, cfg.analysis_fft, cfg.frame_hop, 12, cfg.pitch_f_min, f_max * 1.0001
+        )
+        self.pool = cfg.frames_per_latent
+
+    def forward(self, mono: torch.Tensor) -> torch.Tensor:
+        energy = self.spectrogram(mono).exp()  # (B, N, T) magnitudes per semitone
+        pooled = F.avg_pool1d(energy, self.pool, self.pool)  # (B, N, L)
+        return torch.log(pooled + PITCH_FLOOR) * self.SCALE
+
+
+PITCH_FLOOR = 1e-3  # -60 dB below full scale: quieter partials than this are not notes anyone hears
+
+
+class PitchPrior(nn.Module):
+    """The pitch channels drawn back onto the decoder's linear bins: each semitone's energy spread over the bins
+    around its frequency (the semitone filterbank, transposed). The decoder adds it, in log, to what it
+    predicts, with a learned gain per bin (1 below the top semitone, 0 above to start), so the notes are in
+    place from the first step and the network learns the timbre around them."""
+
+    def __init__(self, cfg: SpectralVAEConfig) -> None:
+        super().__init__()
+        f_max = cfg.pitch_f_min * 2 ** ((cfg.pitch_channels - 1) / 12)
+        bank = log_frequency_filterbank(cfg.sample_rate, cfg.n_fft, 12, cfg.pitch_f_min, f_max * 1.0001)
+        self.register_buffer("spread", bank.T.contiguous(), persistent=False)  # (K, N)
+        bins = torch.linspace(0, cfg.sample_rate / 2, cfg.n_fft // 2 + 1)
+        self.gain = nn.Parameter((bins <= f_max * 2 ** (1 / 12)).float())
+        self.channels, self.frames = cfg.pitch_channels, cfg.frames_per_latent
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, D, L) latents -> (B, K, 4L) log magnitudes of their pitch channels on the linear bins."""
+        energy = (latents[:, -self.channels :] / PitchSalience.SCALE).exp()  # (B, N, L)
+        spread = torch.einsum("kn,bnl->bkl", self.spread, energy).repeat_interleave(self.frames, dim=-1)
+        return self.gain[:, None] * torch.log(spread + PITCH_FLOOR)
 
 
 class SpectralDecoder(nn.Module):
@@ -143,11 +195,15 @@ class SpectralDecoder(nn.Module):
         self.frame_blocks = _blocks(cfg, cfg.decoder_frame_blocks)
         self.norm = nn.LayerNorm(cfg.width)
         self.head = nn.Linear(cfg.width, cfg.n_fft // 2 + 1)
+        self.prior = PitchPrior(cfg) if cfg.pitch_channels else None
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, D, L) -> (B, K, 4L) log magnitudes, K = n_fft // 2 + 1 bins."""
         x = self.frame_blocks(self.up(self.latent_blocks(self.inp(latents))))  # (B, W, 4L)
-        return self.head(self.norm(x.transpose(1, 2))).transpose(1, 2).clamp(max=MAX_LOG_MAGNITUDE)
+        log_mag = self.head(self.norm(x.transpose(1, 2))).transpose(1, 2)
+        if self.prior is not None:
+            log_mag = log_mag + self.prior(latents)
+        return log_mag.clamp(max=MAX_LOG_MAGNITUDE)
 
 
 class SpectralVAE(AudioAutoencoder):
@@ -156,6 +212,7 @@ class SpectralVAE(AudioAutoencoder):
     def __init__(self, cfg: SpectralVAEConfig) -> None:
         super().__init__(cfg)
         self.encoder = SpectralEncoder(cfg)
+        self.pitch = PitchSalience(cfg) if cfg.pitch_channels else None
         self.decoder = SpectralDecoder(cfg)
         self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
         bins = cfg.n_fft // 2 + 1
@@ -167,13 +224,21 @@ class SpectralVAE(AudioAutoencoder):
         """(B, C, S) -> (B, S') mono, zero-padded to a whole number of latents."""
         return F.pad(audio.mean(1), (0, -audio.shape[-1] % self.hop))
 
-    def posterior(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, S) -> mean and log-variance, each (B, D, L)."""
-        return self.encoder(self.mid(audio)).chunk(2, dim=1)
+    def posterior(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(B, C, S) -> mean and log-variance of the learned channels, each (B, D', L), and the fixed pitch
+        channels (B, D - D', L) or None."""
+        mono = self.mid(audio)
+        mean, logvar = self.encoder(mono).chunk(2, dim=1)
+        return mean, logvar, self.pitch(mono) if self.pitch is not None else None
+
+    @staticmethod
+    def latents(learned: torch.Tensor, pitch: torch.Tensor | None) -> torch.Tensor:
+        return learned if pitch is None else torch.cat([learned, pitch], dim=1)
 
     @torch.no_grad()
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.posterior(audio)[0]
+        mean, _, pitch = self.posterior(audio)
+        return self.latents(mean, pitch)
 
     def locked_phase(self, magnitude: torch.Tensor) -> torch.Tensor:
         """(B, K, T) magnitudes -> (B, K, T) phases where Griffin-Lim starts: a phase-locked vocoder estimate.

@@ -10,8 +10,8 @@ a mean, weighted by `SpectralLossWeights`:
 - `pitch`: L1 between log magnitudes pooled onto 48 log-spaced bins per octave from 27.5 Hz to 4 kHz:
   the register where keys are decided gets as many terms as the rest of the spectrum, instead of the
   few percent of linear bins it occupies;
-- `kl`: the Gaussian posterior against N(0, I), weighted lightly so the latent stays smooth without
-  trading away detail.
+- `kl`: the Gaussian posterior of the learned channels against N(0, I), weighted lightly so the latent stays
+  smooth without trading away detail (the fixed pitch channels have no posterior).
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ class SpectralVAELoss(nn.Module):
     def forward(self, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, C, S) audio, S a multiple of the latent hop -> {"loss": weighted sum, each term detached}."""
         vae = self.vae
-        mean, logvar = vae.posterior(audio)
-        z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        mean, logvar, pitch = vae.posterior(audio)
+        z = vae.latents(mean + torch.randn_like(mean) * (0.5 * logvar).exp(), pitch)
         log_pred = vae.decoder(z)  # (B, K, T)
         true = vae._stft(vae.mid(audio)).abs()
         pred = log_pred.exp()

@@ -70,6 +70,20 @@ def test_phase_recovery_keeps_the_pitch_of_true_magnitudes():
         assert estimate_key(np.stack([rebuilt, rebuilt]), RATE) == parse_key(key)
 
 
+def test_pitch_channels_name_the_notes_being_played():
+    """The fixed channels are semitone energies: a C major triad lights C, E and G above the rest of its octave,
+    and they are the last latents, after the learned ones."""
+    cfg = SMALL.model_copy(update={"latent_dim": 80, "pitch_channels": 72})
+    vae = SpectralVAE(cfg)
+    chord = [261.63, 329.63, 392.00]  # C4 E4 G4
+    latents = vae.encode(torch.from_numpy(_tones(chord, 1.0, harmonics=1))[None])
+    assert latents.shape == (1, 80, 25)
+    pitch = latents[0, 8:].mean(1)  # (72,) semitones from C2
+    octave = pitch[24:36]  # C4 .. B4
+    assert set(torch.topk(octave, 3).indices.tolist()) == {0, 4, 7}
+    assert torch.equal(latents[0, 8:], vae.pitch(vae.mid(torch.from_numpy(_tones(chord, 1.0, harmonics=1))[None]))[0])
+
+
 def test_log_frequency_rows_each_see_the_spectrum_down_to_the_bass():
     bank = log_frequency_filterbank(RATE, 1920, 48, 27.5, 4000.0)
     assert bank.shape[0] == 1 + int(48 * np.log2(4000 / 27.5))
