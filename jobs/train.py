@@ -33,6 +33,7 @@ from jobs.train_runs import (
     read_train_state,
     refuse_unasked_resume,
     save_checkpoint,
+    torch_trainer,
 )
 from model.build import Bundle
 from model.checkpoint import (
@@ -171,8 +172,7 @@ def read_stats(data: str) -> dict:
 def build_trainer(cfg: TrainConfig, model_cfg: VideoRobinConfig):
     import ray
     from ray.data import ExecutionOptions
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train import DataConfig
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # the driver prints training progress
     columns = COLUMNS + (VIDEO_COLUMNS if model_cfg.vision is not None else [])
@@ -182,25 +182,14 @@ def build_trainer(cfg: TrainConfig, model_cfg: VideoRobinConfig):
     rows, need = ds.count(), cfg.workers * cfg.batch_size
     if rows < need:
         raise ValueError(f"{cfg.data} has {rows} clips; {cfg.workers} workers x batch {cfg.batch_size} need {need}")
-    use_gpu = cfg.gpus_per_worker > 0
     # Ray Data lists the shard files in a 1-CPU task: on a small CPU cluster the workers can take every CPU.
-    check_cluster_cpus(cfg.workers, cfg.cpus_per_worker, use_gpu, spare=1)
-    resources_per_worker = {"CPU": cfg.cpus_per_worker} | ({"GPU": cfg.gpus_per_worker} if use_gpu else {})
-    return TorchTrainer(
+    check_cluster_cpus(cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker > 0, spare=1)
+    return torch_trainer(
         train_loop,
-        train_loop_config={"train": cfg.model_dump(), "model": model_cfg.model_dump(), "stats": read_stats(cfg.data)},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker
-        ),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        {"train": cfg.model_dump(), "model": model_cfg.model_dump(), "stats": read_stats(cfg.data)},
+        cfg,
         datasets={"train": ds},
         dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True)),
-        run_config=RunConfig(
-            name=cfg.run_name,
-            storage_path=cfg.storage,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-        ),
     )
 
 

@@ -67,6 +67,30 @@ def check_cluster_cpus(workers: int, cpus_per_worker: float, use_gpu: bool, spar
         )
 
 
+def torch_trainer(loop, loop_config: dict, cfg, **data):
+    """A TorchTrainer for `loop` with the run settings every training config of ours has (`name` or `run_name`,
+    storage, workers, GPUs and CPUs per worker, checkpoints kept, failures allowed); `data` holds Ray Data
+    arguments (datasets, dataset_config) when the loop reads a dataset shard."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    use_gpu = cfg.gpus_per_worker > 0
+    resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": cfg.gpus_per_worker} if use_gpu else {})
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        run_config=RunConfig(
+            name=getattr(cfg, "run_name", None) or cfg.name,
+            storage_path=cfg.storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
+        **data,
+    )
+
+
 def fit(trainer):
     """trainer.fit(), with Ray's failure after the retries turned into one `TrainingFailed` line."""
     import ray.train

@@ -31,6 +31,7 @@ from jobs.train_runs import (
     read_train_state,
     refuse_unasked_resume,
     save_checkpoint,
+    torch_trainer,
     warmup_cosine,
 )
 from model.checkpoint import read_config
@@ -147,8 +148,6 @@ def read_export(uri: str) -> VAEConfig:
 
 def run(cfg: TrainVAEConfig) -> dict:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     started = time.perf_counter()
     clips = read_clips(cfg.manifest)
@@ -157,22 +156,8 @@ def run(cfg: TrainVAEConfig) -> dict:
     refuse_unasked_resume(cfg.storage, cfg.name, cfg.resume)
     if not ray.is_initialized():
         ray.init(address=cfg.address, configure_logging=False)
-    use_gpu = cfg.gpus_per_worker > 0
-    check_cluster_cpus(cfg.workers, cfg.cpus_per_worker, use_gpu, spare=0)
-    resources = {"CPU": cfg.cpus_per_worker} | ({"GPU": cfg.gpus_per_worker} if use_gpu else {})
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"train": cfg.model_dump(), "clips": clips},
-        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=use_gpu, resources_per_worker=resources),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        run_config=RunConfig(
-            name=cfg.name,
-            storage_path=cfg.storage,
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-        ),
-    )
-    result = fit(trainer)
+    check_cluster_cpus(cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker > 0, spare=0)
+    result = fit(torch_trainer(train_loop, {"train": cfg.model_dump(), "clips": clips}, cfg))
     with result.checkpoint.as_directory() as ckpt:
         state = read_train_state(ckpt)
         if cfg.export:
