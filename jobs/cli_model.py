@@ -16,6 +16,7 @@ from jobs.cli_common import (
     progress_bar,
     saved_model,
 )
+from jobs.ray_session import connect
 
 log = logging.getLogger("videorobin")
 
@@ -102,7 +103,6 @@ def _serve(args) -> dict:
     import signal
     import tempfile
 
-    import ray
     from ray import serve
 
     from deployments.app import build_app
@@ -113,7 +113,7 @@ def _serve(args) -> dict:
         checkpoint = saved_model(args, tempfile.mkdtemp(prefix="videorobin-serve-"))
     cfg = load_serve_config(args.config, checkpoint=checkpoint, mode=args.mode)
     app = build_app(cfg)
-    ray.init(address=args.address, configure_logging=False)
+    connect(args.address, log_to_driver=True)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, name="videorobin", route_prefix="/", blocking=False)
     print(f"videorobin: serving {cfg.mode} on http://{args.host}:{args.port} (docs at /docs); Ctrl-C stops")

@@ -148,6 +148,7 @@ def add_parsers(sub) -> None:
     train.add_argument("--export", help="write the trained model here in the checkpoint format")
     train.add_argument("--init-from", help="start from this checkpoint (v2m: the stage-1 export)")
     add_run_args(train, None)
+    train.add_argument("--threads", type=int, help="torch threads per CPU worker (default: its CPUs)")
     train.add_argument("--deepspeed", help="DeepSpeed JSON (default: ZeRO-2, jobs/deepspeed/zero2.json)")
     train.add_argument("--zero-stage", type=int, choices=[1, 2, 3], help="override the JSON's ZeRO stage")
     train.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (cosine, 10%% warm-up)")

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from jobs.arrange import Arrangement, ExcerptError, arrange, draws, excerpt, measures_of, midi_bytes
 from jobs.captions import Facts, caption
 from jobs.corpus import Piece, PieceError, ordered, parse, split_of
+from jobs.ray_session import connect
 from model.io import write_bytes_atomic
 from model.media import write_audio, write_beat_video
 
@@ -381,9 +382,7 @@ def run(cfg: DatasetConfig) -> dict:
             todo = [j for j in jobs if any(_row_if_done(cfg.out, i, j.piece) is None for i in j.clip_ids)]
             if not todo:
                 break
-            if not ray.is_initialized():
-                ray.init(address=cfg.address, configure_logging=False, log_to_driver=False)
-                started_ray = True
+            started_ray = connect(cfg.address) or started_ray
             new = _render_all(todo, cfg)
             skipped.update(new)
             _write_jsonl(skipped_path, [{"piece": p, "reason": r} for p, r in skipped.items()])

@@ -39,6 +39,7 @@ from jobs.evaluation.music import (
 )
 from jobs.evaluation.qc import technical_qc
 from jobs.evaluation.report import render_html, spectrogram_png
+from jobs.ray_session import connect
 from jobs.score_tasks import MEDIA_ERRORS, error_text
 from model.io import glob_uris, read_bytes, uri_exists, uri_join, write_bytes_atomic
 from model.media import read_audio
@@ -293,8 +294,7 @@ def run(cfg: EvaluateConfig) -> dict:
         except ValueError as err:
             raise EvaluateError(str(err)) from None
     rows = collect_clips(cfg)
-    if not ray.is_initialized():
-        ray.init(address=cfg.address, log_to_driver=False, configure_logging=False)
+    connect(cfg.address)
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
         ClipEvaluator,
         fn_constructor_kwargs={

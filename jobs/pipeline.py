@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.ray_session import connect
 from model.io import read_bytes, uri_exists, uri_join, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,6 @@ def _record(out: str) -> dict:
 def run(
     recipe: Recipe, out: str, address: str | None = None, only: list[str] | None = None, publish: str | None = None
 ):
-    import ray
 
     unknown = set(only or []) - set(STEPS)
     if unknown:
@@ -204,8 +204,7 @@ def run(
     p = Paths(out)
     record = _record(out)
     record["recipe"] = recipe.model_dump()
-    if not ray.is_initialized():
-        ray.init(address=address, configure_logging=False)
+    connect(address, log_to_driver=True)
     for name in STEPS:
         if (only and name not in only) or (name == "tokenizer" and recipe.tokenizer is None):
             continue

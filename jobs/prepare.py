@@ -32,6 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.catalogue import CatalogueError, read_table
+from jobs.ray_session import connect
 from model.checkpoint import load_bundle_tokenizer, load_clip, load_vae_from_checkpoint, read_config, save_encoders
 from model.config import VideoRobinConfig
 from model.io import local_copy, uri_join, write_bytes_atomic
@@ -214,8 +215,7 @@ def run(cfg: PrepareConfig) -> dict:
     model = write_encoders(cfg)
     vision = model.vision
     image_size = vision.tower.image_size if vision is not None and vision.tower is not None else 224
-    if not ray.is_initialized():
-        ray.init(address=cfg.address, log_to_driver=False, configure_logging=False)
+    connect(cfg.address)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / cfg.encode_batch)))
     ds = ds.map(
         read_media,

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.catalogue import read_table
 from jobs.evaluation.music import parse_tempo, tempo_score
+from jobs.ray_session import connect
 from model.config import STATIC_PROMPT
 from model.io import read_bytes, uri_exists, uri_join, write_bytes_atomic
 
@@ -247,8 +248,6 @@ def format_table(conditions: dict[str, dict]) -> str:
 
 
 def run(cfg: QualityConfig) -> dict:
-    import ray
-
     from jobs.evaluate import EvaluateConfig
     from jobs.evaluate import run as evaluate
     from jobs.score import ScoreConfig
@@ -264,8 +263,7 @@ def run(cfg: QualityConfig) -> dict:
     )
     references = reference_dir(rows, cfg.out)
     videos = os.path.dirname(os.path.abspath(rows[0]["video"]))
-    if not ray.is_initialized():
-        ray.init(address=cfg.address, log_to_driver=False, configure_logging=False)
+    connect(cfg.address)
     table = {}
     for condition in cfg.conditions:
         if condition not in CONDITIONS:

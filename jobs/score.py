@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.catalogue import read_catalogue, read_manifests, write_manifest
 from jobs.metrics import record_stage
+from jobs.ray_session import connect
 from jobs.score_tasks import error_text, probe_and_sample, write_outputs
 from model.checkpoint import checkpoint_id, load_bundle, load_clip, load_vae_from_checkpoint, read_config
 from model.engine import Engine, GenerationParams
@@ -299,8 +300,7 @@ def run(cfg: ScoreConfig) -> dict:
     model_id = checkpoint_id(cfg.checkpoint)
     new: dict[str, dict] = {}
     if todo:
-        if not ray.is_initialized():
-            ray.init(address=cfg.address, log_to_driver=False, configure_logging=False)
+        connect(cfg.address)
         run_id = uuid.uuid4().hex[:8]
         pending: list[dict] = []
         part = 0

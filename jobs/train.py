@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from jobs.ray_session import connect
 from jobs.train_runs import (
     check_cluster_cpus,
     fit,
@@ -72,6 +73,7 @@ class TrainConfig(BaseModel):
     workers: int = Field(default=1, ge=1)
     gpus_per_worker: float = Field(default=0.0, ge=0)
     cpus_per_worker: float = Field(default=1.0, gt=0)
+    threads: int | None = Field(default=None, ge=1)  # torch threads per CPU worker (default: its CPUs)
     read_cpus: float = Field(default=0.25, gt=0)  # per shard-reading task, beside the workers' CPUs
     deepspeed: str | None = None  # a DeepSpeed JSON; default jobs/deepspeed/zero2.json
     zero_stage: int | None = Field(default=None, ge=1, le=3)
@@ -223,13 +225,11 @@ def export(checkpoint_dir: str, cfg: TrainConfig, model_cfg: VideoRobinConfig) -
 
 
 def run(cfg: TrainConfig) -> dict:
-    import ray
 
     started = time.perf_counter()
     model_cfg = resolve_model(cfg)
     refuse_unasked_resume(cfg.storage, cfg.run_name, cfg.resume)
-    if not ray.is_initialized():
-        ray.init(address=cfg.address, configure_logging=False)
+    connect(cfg.address, log_to_driver=True)
     result = fit(build_trainer(cfg, model_cfg))
     with result.checkpoint.as_directory() as ckpt:
         state = read_train_state(ckpt)
@@ -296,6 +296,7 @@ def train_loop(loop: dict) -> None:
         torch.cuda.set_device(device)
     else:
         _skip_shm_build()
+        torch.set_num_threads(cfg.threads or max(1, int(cfg.cpus_per_worker)))
 
     torch.manual_seed(cfg.seed)
     model = VideoRobin(model_cfg)

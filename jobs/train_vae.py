@@ -24,6 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from jobs.catalogue import read_table
+from jobs.ray_session import connect
 from jobs.train_runs import (
     check_cluster_cpus,
     fit,
@@ -147,15 +148,13 @@ def read_export(uri: str) -> VAEConfig:
 
 
 def run(cfg: TrainVAEConfig) -> dict:
-    import ray
 
     started = time.perf_counter()
     clips = read_clips(cfg.manifest)
     if len(clips) < cfg.workers:
         raise ValueError(f"{cfg.manifest} has {len(clips)} clips for {cfg.workers} workers")
     refuse_unasked_resume(cfg.storage, cfg.name, cfg.resume)
-    if not ray.is_initialized():
-        ray.init(address=cfg.address, configure_logging=False)
+    connect(cfg.address, log_to_driver=True)
     check_cluster_cpus(cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker > 0, spare=0)
     result = fit(torch_trainer(train_loop, {"train": cfg.model_dump(), "clips": clips}, cfg))
     with result.checkpoint.as_directory() as ckpt:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.evaluation.music import beat_times, compile_beat_tracker, estimate_key, tempo_score
 from jobs.evaluation.report import spectrogram_png
+from jobs.ray_session import connect
 from jobs.score_tasks import MEDIA_ERRORS, error_text
 from jobs.train_vae import read_clips
 from model.config import VAEConfig
@@ -137,8 +138,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def run(cfg: VAEReportConfig) -> dict:
     clips = read_clips(cfg.manifest)[: cfg.clips]
-    if not ray.is_initialized():
-        ray.init(address=cfg.address, log_to_driver=False, configure_logging=False)
+    connect(cfg.address)
     ds = ray.data.from_items(clips, override_num_blocks=max(1, min(len(clips), 4 * cfg.actors)))
     ds = ds.map(
         Reconstruct,
