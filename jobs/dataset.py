@@ -243,8 +243,11 @@ def make_clip(score, measures, job: PieceJob, clip_id: str, cfg: DatasetConfig) 
     write_bytes_atomic(paths["row"], json.dumps(row).encode())
 
 
-class PieceTimeout(Exception):
-    """The piece's task ran past --task-timeout."""
+class PieceTimeout(BaseException):
+    """The piece's task ran past --task-timeout.
+
+    A BaseException, like KeyboardInterrupt: the alarm fires anywhere, often inside music21's parser, whose
+    callers catch Exception (`corpus.parse`), and a timeout must not be recorded as a parse error."""
 
 
 def render_piece(job: PieceJob, cfg: DatasetConfig) -> str | None:

@@ -50,7 +50,7 @@ def test_shards_hold_latents_features_and_tokens_of_every_readable_clip(prepared
     table = pq.read_table(sorted(str(p) for p in (out / "shards").iterdir())).to_pylist()
     assert len(list((out / "shards").iterdir())) == 2  # 4 rows at 3 per shard
     by_id = {r["id"]: r for r in table}
-    assert sorted(by_id) == ["clip0000", "clip0001", "clip0002", "clip0003"]
+    assert sorted(by_id) == ["clip00000", "clip00001", "clip00002", "clip00003"]
     for row in rows[:4]:
         got = by_id[row["id"]]
         seconds = row.get("duration", 2.0)

@@ -126,7 +126,7 @@ def test_stage1_learns_then_stage2_exports_a_checkpoint_that_generate_loads(prep
     # Stage 2 starts from stage 1: its first loss is well below a fresh model's.
     assert _final_state(storage, "v2m")["history"][0]["loss"] < 0.8 * first
 
-    video = root / "data" / "video" / "clip0000.mp4"
+    video = root / "data" / "video" / "clip00000.mp4"
     gen = _cli(
         "generate",
         "--checkpoint",

@@ -60,7 +60,7 @@ def test_the_export_loads_through_the_vae_config_and_encodes_real_audio(trained)
     row = json.loads((root / "good.jsonl").read_text().splitlines()[0])
     audio = torch.from_numpy(read_audio(row["audio"], 48000))[None]
     latents = vae.encode(audio)
-    assert latents.shape == (1, 64, 75)  # 3 s at 25 latents per second
+    assert latents.shape == (1, cfg.latent_dim, 75)  # 3 s at 25 latents per second
     assert vae.decode(latents).shape == (1, 2, 75 * 1920)
 
 
@@ -84,7 +84,11 @@ def test_prepare_encodes_with_the_trained_vae_and_evaluate_vae_reports_it(traine
     import pyarrow.parquet as pq
 
     shard = pq.read_table(next((root / "prepared" / "shards").glob("*.parquet"))).to_pylist()
-    assert len(shard) == 6 and {r["n_frames"] for r in shard} == {75} and len(shard[0]["latents"]) == 75 * 64
+    assert (
+        len(shard) == 6
+        and {r["n_frames"] for r in shard} == {75}
+        and len(shard[0]["latents"]) == 75 * config["latent_dim"]
+    )
     report_dir = root / "report"
     result = _cli("evaluate-vae", "--vae", str(root / "vae"), "--manifest", str(root / "good.jsonl"), "--clips", "3",
                   "--figures", "1", "--out", str(report_dir), "--address", ray_address, "--actors", "1")  # fmt: skip
@@ -104,7 +108,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, ray_address):
         (["prepare", "--manifest", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "p"), "--vae",
           str(tmp_path / "no-vae")], "no-vae"),
         (["evaluate-vae", "--vae", str(tmp_path / "no-vae"), "--manifest", "m.jsonl", "--out", str(tmp_path)],
-         "not a train-vae export"),
+         "neither a train-vae export"),
     )  # fmt: skip
     for args, message in cases:
         result = _cli(*args, timeout=120)

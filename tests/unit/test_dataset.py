@@ -17,7 +17,7 @@ import soundfile as sf
 from jobs.arrange import Measure, _stop
 from jobs.captions import MOODS, PACE, TEMPLATES, Facts, caption
 from jobs.corpus import collection, ordered, split_of
-from jobs.dataset import CLIPS_PER_PIECE, DatasetConfig, RenderError, find_soundfont, plan, render_midi
+from jobs.dataset import CLIPS_PER_PIECE, DatasetConfig, RenderError, find_soundfont, plan, render_midi, render_piece
 from jobs.evaluation.cuts import detect_cuts
 from jobs.evaluation.music import parse_key, parse_tempo
 
@@ -130,6 +130,13 @@ def test_a_piece_past_the_task_timeout_is_cancelled_and_recorded(tmp_path):
     result = make_dataset(tmp_path, "--clips", "4", "--duration", "2", "--seed", "2", "--task-timeout", "0.5")
     assert result.returncode == 1 and "clips: 0" in result.stdout, result.stderr
     assert read_jsonl(tmp_path / "skipped.jsonl") == [{"piece": ordered(2)[0].name, "reason": "timed out after 0.5 s"}]
+
+
+def test_a_deadline_that_fires_inside_the_score_parser_is_still_a_timeout(tmp_path):
+    """music21's parser catches Exception around its readers; on a loaded machine the alarm lands there."""
+    job = plan(ordered(2), DatasetConfig(out=str(tmp_path), clips=4), {})[0]
+    assert render_piece(job, DatasetConfig(out=str(tmp_path), clips=4, task_timeout=0.001)) == "timed out after 0.001 s"
+    assert not list(tmp_path.rglob("*.json"))  # nothing of the piece was written
 
 
 def test_the_pool_mixes_collections_and_splits_stably_by_piece():
