@@ -136,6 +136,7 @@ def add_run_args(p: argparse.ArgumentParser, name: str | None) -> None:
     p.add_argument("--workers", type=int, default=1, help="training workers (one per GPU)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="0 trains on CPUs (gloo, fp32)")
     p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--threads", type=int, help="torch threads per CPU worker (default: its CPUs)")
     p.add_argument("--batch-size", type=int, default=4, help="clips per worker per step")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--max-failures", type=int, default=3, help="worker-group restarts before giving up")

@@ -195,7 +195,6 @@ def _record(out: str) -> dict:
 def run(
     recipe: Recipe, out: str, address: str | None = None, only: list[str] | None = None, publish: str | None = None
 ):
-
     unknown = set(only or []) - set(STEPS)
     if unknown:
         raise PipelineError(f"unknown step(s) {', '.join(sorted(unknown))} (steps: {', '.join(STEPS)})")

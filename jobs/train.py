@@ -34,6 +34,7 @@ from jobs.train_runs import (
     read_train_state,
     refuse_unasked_resume,
     save_checkpoint,
+    set_cpu_threads,
     torch_trainer,
 )
 from model.build import Bundle
@@ -225,7 +226,6 @@ def export(checkpoint_dir: str, cfg: TrainConfig, model_cfg: VideoRobinConfig) -
 
 
 def run(cfg: TrainConfig) -> dict:
-
     started = time.perf_counter()
     model_cfg = resolve_model(cfg)
     refuse_unasked_resume(cfg.storage, cfg.run_name, cfg.resume)
@@ -296,7 +296,7 @@ def train_loop(loop: dict) -> None:
         torch.cuda.set_device(device)
     else:
         _skip_shm_build()
-        torch.set_num_threads(cfg.threads or max(1, int(cfg.cpus_per_worker)))
+        set_cpu_threads(cfg)
 
     torch.manual_seed(cfg.seed)
     model = VideoRobin(model_cfg)

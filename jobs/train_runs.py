@@ -91,6 +91,13 @@ def torch_trainer(loop, loop_config: dict, cfg, **data):
     )
 
 
+def set_cpu_threads(cfg) -> None:
+    """A CPU worker's torch threads: `threads` when given, else one per CPU it reserved."""
+    import torch
+
+    torch.set_num_threads(cfg.threads or max(1, int(cfg.cpus_per_worker)))
+
+
 def fit(trainer):
     """trainer.fit(), with Ray's failure after the retries turned into one `TrainingFailed` line."""
     import ray.train

@@ -32,6 +32,7 @@ from jobs.train_runs import (
     read_train_state,
     refuse_unasked_resume,
     save_checkpoint,
+    set_cpu_threads,
     torch_trainer,
     warmup_cosine,
 )
@@ -148,7 +149,6 @@ def read_export(uri: str) -> VAEConfig:
 
 
 def run(cfg: TrainVAEConfig) -> dict:
-
     started = time.perf_counter()
     clips = read_clips(cfg.manifest)
     if len(clips) < cfg.workers:
@@ -200,7 +200,7 @@ def train_loop(loop: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
-        torch.set_num_threads(cfg.threads or max(1, int(cfg.cpus_per_worker)))
+        set_cpu_threads(cfg)
     share = _load_share(loop["clips"], rank, world, cfg.vae.sample_rate)
     torch.manual_seed(cfg.seed)
     objective = SpectralVAELoss(SpectralVAE(cfg.vae), cfg.losses).to(device)
