@@ -29,13 +29,13 @@ from ray import serve
 
 from deployments.app import build_app
 from deployments.config import ServeConfig
-from deployments.decoder import decode_window
 from model.build import build_bundle
 from model.checkpoint import load_bundle, save_bundle
 from model.config import load_config
 from model.engine import Engine, GenerationParams
 from model.media import write_sample_video
 from model.vae import StreamingLatents
+from model.vae import decode_window_array as decode_window
 
 PROMPT = "lo-fi piano, 90 BPM, A minor, builds at the end"
 

@@ -1,8 +1,9 @@
 """The one place the application is composed: `build_app(ServeConfig)` binds the deployments together.
 
-    disaggregated:  Ingress -> FrameEncoder (batched) -> Planner (KV caches, patch loop) <-> Refiner (batched)
+    disaggregated:  Ingress -> Planner (KV caches, patch loop) <-> Refiner (batched)
+                                    <-> FrameEncoder (batched; each window's frames)
                             -> AudioDecoder (overlapping windows, streamed)
-    fused:          Ingress -> Fused (the in-process engine answers all three roles)
+    fused:          Ingress -> Fused (the in-process engine answers both roles)
 
 `serve run cluster/serve-config.yaml` / `serve deploy` import `deployments.app:app_builder`.
 """
@@ -27,7 +28,7 @@ def build_app(cfg: ServeConfig) -> Application:
         fused = Fused.options(**opts.fused.serve_options()).bind(
             cfg.checkpoint, cfg.device, cfg.planner_capacity, limits.max_video_s
         )
-        return Ingress.options(**opts.ingress.serve_options()).bind(cfg.model_dump(), fused, fused, fused)
+        return Ingress.options(**opts.ingress.serve_options()).bind(cfg.model_dump(), fused, fused)
     encoder = None
     if read_config(cfg.checkpoint).vision is not None:
         encoder = FrameEncoder.options(**opts.encoder.serve_options()).bind(
@@ -37,10 +38,10 @@ def build_app(cfg: ServeConfig) -> Application:
         cfg.checkpoint, cfg.device, cfg.refiner_batch, cfg.batch_wait_s
     )
     planner = Planner.options(**opts.planner.serve_options()).bind(
-        cfg.checkpoint, refiner, cfg.device, cfg.planner_capacity, limits.max_video_s, cfg.refine_retry_s
+        cfg.checkpoint, refiner, encoder, cfg.device, cfg.planner_capacity, limits.max_video_s, cfg.refine_retry_s
     )
     decoder = AudioDecoder.options(**opts.decoder.serve_options()).bind(cfg.checkpoint, cfg.device)
-    return Ingress.options(**opts.ingress.serve_options()).bind(cfg.model_dump(), encoder, planner, decoder)
+    return Ingress.options(**opts.ingress.serve_options()).bind(cfg.model_dump(), planner, decoder)
 
 
 def app_builder(args: dict) -> Application:

@@ -22,7 +22,8 @@ class Limits(BaseModel):
 
     max_upload_bytes: int = Field(default=200 * 2**20, gt=0)
     max_json_bytes: int = Field(default=64 * 2**10, gt=0)
-    max_video_s: float = Field(default=120.0, gt=0)  # the video's length and the asked duration
+    max_video_s: float = Field(default=7200.0, gt=0)  # the video's length and the asked duration
+    max_audio_s: float = Field(default=600.0, gt=0)  # an audio prompt's length (`audio`)
     max_frame_pixels: int = Field(default=3840 * 2160, gt=0)  # width x height of the video
     max_prompt_tokens: int | None = Field(default=None, gt=0)  # None: the model's text.max_tokens
     steps: tuple[int, int] = (1, 100)

@@ -5,19 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-import torch
 from ray import serve
 
 from deployments.devices import pick_device
 from model.checkpoint import load_vae_from_checkpoint
-from model.vae import AudioAutoencoder, DecodeWindow
-
-
-@torch.no_grad()
-def decode_window(vae: AudioAutoencoder, latents: np.ndarray, window: DecodeWindow) -> np.ndarray:
-    """(D, hi - lo) latents of `window` -> (C, (end - start) * hop) float32 audio."""
-    x = torch.from_numpy(latents)[None].to(next(vae.parameters()).device)
-    return vae.decode_window(x, window)[0].float().cpu().numpy()
+from model.vae import DecodeWindow, decode_window_array
 
 
 @serve.deployment
@@ -27,7 +19,7 @@ class AudioDecoder:
 
     async def decode(self, latents: np.ndarray, window: DecodeWindow) -> np.ndarray:
         """(D, hi - lo) latents of `window` -> (C, (end - start) * hop) float32 audio."""
-        return await asyncio.to_thread(decode_window, self.vae, latents, window)
+        return await asyncio.to_thread(decode_window_array, self.vae, latents, window)
 
     async def ready(self) -> bool:
         return True

@@ -10,9 +10,11 @@ CODES = {
     "invalid_parameter": 422,  # a field out of range or of the wrong type
     "prompt_too_long": 422,
     "video_too_long": 422,
+    "audio_too_long": 422,  # an audio prompt over limits.max_audio_s
     "frame_too_large": 422,
     "uri_not_allowed": 400,  # video_uri outside the allowed prefixes, or a private/loopback address
     "video_not_found": 400,
+    "audio_not_found": 400,
     "payload_too_large": 413,
     "unsupported_media_type": 415,  # not a video we can read (text, audio-only, corrupt container)
     "empty_video": 400,  # no bytes, no duration or no frames
@@ -40,7 +42,12 @@ class ApiError(Exception):
         return {"Retry-After": str(self.retry_after_s)} if self.retry_after_s else {}
 
 
-MEDIA_CODES = {"unreadable": "unsupported_media_type", "empty": "empty_video", "undecodable": "invalid_video"}
+MEDIA_CODES = {
+    "unreadable": "unsupported_media_type",
+    "empty": "empty_video",
+    "undecodable": "invalid_video",
+    "too_long": "audio_too_long",
+}
 
 
 def media_error(err: MediaError, name: str) -> ApiError:

@@ -1,7 +1,8 @@
-"""Ingress: the HTTP API (FastAPI). Validates and reads the video, then runs FrameEncoder -> Planner ->
+"""Ingress: the HTTP API (FastAPI). Validates the video and the audio prompt, then runs Planner ->
 AudioDecoder (or the fused deployment) and returns or streams the soundtrack.
 
-    POST /v1/soundtracks          multipart (`video` file) or JSON (`video_uri`) -> wav | flac | mp4
+    POST /v1/soundtracks          multipart (`video`, `audio` files) or JSON (`video_uri`, `audio_uri`)
+                                  -> wav | flac | mp4
     POST /v1/soundtracks:stream   the same, audio streamed as a WAV while it is generated
     GET  /healthz, GET /readyz
 
@@ -10,21 +11,17 @@ Every refusal is `{"code", "message"}` with a stable code and the right status (
 
 import asyncio
 import hmac
-import json
 import logging
 import os
 import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Literal
+from dataclasses import dataclass
 
-import fsspec
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
@@ -32,55 +29,38 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.config import ServeConfig
 from deployments.errors import ApiError, media_error
+from deployments.inputs import Inputs, SoundtrackOptions, body_schema, read_inputs
 from deployments.metrics import serving_metrics
 from deployments.planner import RefinerUnavailable
-from deployments.uris import check_video_uri
 from model.checkpoint import load_bundle_tokenizer, read_config
-from model.engine import GenerationParams, GenerationRequest
-from model.engine.engine import build_request, check_frames, resolve_duration, tokenize_prompt
-from model.media import MediaError, encode_audio, mux, pcm16, probe_video, sample_frames, wav_header
+from model.engine import GenerationParams
+from model.engine.engine import prompt_tail, resolve_duration, samples_per_patch, tokenize_prompt
+from model.engine.request import AudioPrompt, GenerationSpec, RequestInfo
+from model.media import MediaError, encode_audio, mux, pcm16, probe_video, read_audio, wav_header
 from model.vae import StreamingLatents
 
 log = logging.getLogger("ray.serve")
 
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp4": "video/mp4"}
-COPY_BYTES = 1 << 20
 
 
-class SoundtrackOptions(BaseModel):
-    """The request's fields (multipart form fields or JSON keys)."""
+@dataclass
+class Job:
+    """One request on its way: what the engine resolved, its stream of latents, and the audio that opens it."""
 
-    model_config = ConfigDict(extra="forbid")
+    spec: GenerationSpec
+    info: RequestInfo
+    latents: object  # the Planner's streaming response, positioned after `info`
+    lead: np.ndarray  # (C, S) audio before the new music (the kept track or the prompt), often empty
+    rate: int
 
-    prompt: str | None = None  # creator intent; default: the static video-only prompt
-    seed: int = 0
-    duration: float | None = None  # seconds of music; default: the video's length
-    steps: int | None = None  # Euler steps per patch; default: the model's
-    guidance: float | None = None  # classifier-free guidance scale; default: the model's
-    format: Literal["wav", "flac", "mp4"] = "wav"  # mp4 = the input video with the music muxed in
-    stream: bool = False  # stream the audio as a WAV while it is generated (format must be wav)
+    @property
+    def samples(self) -> int:
+        return self.lead.shape[1] + self.new_samples
 
-
-class SoundtrackJSON(SoundtrackOptions):
-    video_uri: str  # fsspec URI under one of the server's allowed prefixes
-
-
-class SoundtrackForm(SoundtrackOptions):
-    video: bytes  # the video file
-
-
-def _body_schema() -> dict:
-    form = SoundtrackForm.model_json_schema()
-    form["properties"]["video"] = {"type": "string", "format": "binary"}
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {"schema": form},
-                "application/json": {"schema": SoundtrackJSON.model_json_schema()},
-            },
-        }
-    }
+    @property
+    def new_samples(self) -> int:
+        return round(self.info.duration_s * self.rate)
 
 
 ERROR_RESPONSES = {
@@ -90,7 +70,7 @@ ERROR_RESPONSES = {
         (401, "unauthorized", "missing or wrong bearer token"),
         (413, "payload_too_large", "upload over the size limit"),
         (415, "unsupported_media_type", "not a video the server can read"),
-        (422, "invalid_parameter", "out-of-range field, prompt_too_long, video_too_long, frame_too_large"),
+        (422, "invalid_parameter", "out-of-range field, prompt_too_long, video_too_long, audio_too_long, ..."),
         (503, "overloaded", "queues full or a model deployment down: retry after Retry-After seconds"),
         (504, "timeout", "the request ran past its time limit"),
     ]
@@ -116,56 +96,16 @@ async def _before(deadline: float, awaitable):
         raise ApiError("timeout", "the request ran past its time limit") from None
 
 
-def _options(model: type[SoundtrackOptions], fields: dict) -> SoundtrackOptions:
-    try:
-        return model.model_validate(fields)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        code = "invalid_request" if first["type"] in ("missing", "extra_forbidden") else "invalid_parameter"
-        raise ApiError(code, f"{where}: {first['msg']}") from None
-
-
-def _too_large(size: int, limit: int) -> ApiError:
-    return ApiError("payload_too_large", f"{size} bytes; the limit is {limit}")
-
-
-def _copy_capped(src, path: str, limit: int) -> None:
-    written = 0
-    with open(path, "wb") as out:
-        while chunk := src.read(COPY_BYTES):
-            written += len(chunk)
-            if written > limit:
-                raise _too_large(written, limit)
-            out.write(chunk)
-
-
-def _download(uri: str, path: str, limit: int) -> None:
-    """Copy an allowed URI to `path`, refusing redirects (they could lead to a private address)."""
-    options = {"allow_redirects": False} if uri.startswith(("http://", "https://")) else {}
-    fs, remote = fsspec.core.url_to_fs(uri, **options)
-    try:
-        size = fs.size(remote)
-        if size is not None and size > limit:
-            raise _too_large(size, limit)
-        with fs.open(remote, "rb") as src:
-            _copy_capped(src, path, limit)
-    except (FileNotFoundError, IsADirectoryError):
-        raise ApiError("video_not_found", f"{uri}: no such file") from None
-    except OSError as err:
-        raise ApiError("video_not_found", f"{uri}: cannot be read ({err})") from None
-
-
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, config: dict, encoder, planner, decoder):
+    def __init__(self, config: dict, planner, decoder):
         self.cfg = ServeConfig(**config)
         self.model_cfg = read_config(self.cfg.checkpoint)
         self.tokenizer = load_bundle_tokenizer(self.cfg.checkpoint, self.model_cfg)
-        self.encoder, self.decoder = encoder, decoder
+        self.decoder = decoder
         self.planner = planner.options(stream=True)
-        self.handles = [h for h in (encoder, planner, decoder) if h is not None]
+        self.handles = [planner, decoder]
         self.in_flight = 0
         self.metrics = serving_metrics()
 
@@ -186,7 +126,7 @@ class Ingress:
 
     @api.post(
         "/v1/soundtracks",
-        openapi_extra=_body_schema(),
+        openapi_extra=body_schema(),
         responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}, **ERROR_RESPONSES},
         summary="Write a soundtrack for a video",
     )
@@ -195,7 +135,7 @@ class Ingress:
 
     @api.post(
         "/v1/soundtracks:stream",
-        openapi_extra=_body_schema(),
+        openapi_extra=body_schema(),
         responses={200: {"content": {"audio/wav": {}}}, **ERROR_RESPONSES},
         summary="Write a soundtrack, streamed as a WAV while it is generated",
     )
@@ -214,19 +154,20 @@ class Ingress:
         streaming = False
         try:
             with tempfile.TemporaryDirectory(prefix="videorobin-") as tmp:
-                options, video, name = await self._read_input(request, tmp)
+                inputs = await read_inputs(request, tmp, self.cfg)
+                options = inputs.options
                 stream = options.stream or force_stream
                 if stream and options.format != "wav":
                     raise ApiError("invalid_parameter", "a streamed soundtrack is a WAV: format must be wav")
-                job = await self._prepare(options, video, name)
                 deadline = started + self.cfg.limits.request_timeout_s
+                job = await self._start(await self._prepare(inputs), deadline)
                 if stream:
                     streaming = True
                     body = self._stream_wav(job, route, started, deadline)
                     return StreamingResponse(body, media_type="audio/wav")
                 audio = await self._whole_clip(job, deadline)
                 self._observe_generation(job, started)
-                data = await asyncio.to_thread(self._encode, audio, options.format, video, tmp)
+                data = await asyncio.to_thread(self._encode, audio, options.format, inputs.video, tmp)
             self._count(route, 200, started)
             return Response(data, media_type=MEDIA_TYPES[options.format])
         except ApiError as err:
@@ -262,49 +203,10 @@ class Ingress:
         self.metrics["requests"].inc(tags={"route": route, "status": str(status)})
         self.metrics["latency"].observe(time.monotonic() - started, tags={"route": route})
 
-    def _observe_generation(self, job: GenerationRequest, started: float) -> None:
-        self.metrics["rtf"].observe((time.monotonic() - started) / job.duration_s)
+    def _observe_generation(self, job: Job, started: float) -> None:
+        self.metrics["rtf"].observe((time.monotonic() - started) / job.info.duration_s)
 
     # ---- reading and checking the input ---------------------------------------------------------------
-
-    async def _read_input(self, request: Request, tmp: str) -> tuple[SoundtrackOptions, str, str]:
-        """(options, local video path, the name to report) from a multipart upload or a JSON body."""
-        ctype = request.headers.get("content-type", "")
-        length = int(request.headers.get("content-length") or 0)
-        limits = self.cfg.limits
-        path = os.path.join(tmp, "video")
-        if ctype.startswith("multipart/form-data"):
-            if length > limits.max_upload_bytes:
-                raise _too_large(length, limits.max_upload_bytes)
-            try:
-                form = await request.form(max_files=1, max_fields=16)
-            except Exception as err:  # noqa: BLE001 - starlette raises several kinds for malformed bodies
-                raise ApiError("invalid_request", f"malformed multipart body ({err})") from None
-            upload = form.get("video")
-            if upload is None or isinstance(upload, str):
-                raise ApiError("invalid_request", "multipart field `video` (a file) is required")
-            fields = {k: v for k, v in form.multi_items() if k != "video"}
-            options = _options(SoundtrackOptions, fields)
-            await asyncio.to_thread(_copy_capped, upload.file, path, limits.max_upload_bytes)
-            return options, path, upload.filename or "video"
-        if ctype.startswith("application/json"):
-            body = await request.body()
-            if len(body) > limits.max_json_bytes:
-                raise _too_large(len(body), limits.max_json_bytes)
-            try:
-                data = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as err:
-                raise ApiError("invalid_request", f"body is not JSON ({err})") from None
-            if not isinstance(data, dict):
-                raise ApiError("invalid_request", "the JSON body must be an object")
-            options = _options(SoundtrackJSON, data)
-            uri = check_video_uri(options.video_uri, self.cfg.allowed_uri_prefixes)
-            await asyncio.to_thread(_download, uri, path, limits.max_upload_bytes)
-            return options, path, options.video_uri
-        raise ApiError(
-            "unsupported_media_type",
-            "send multipart/form-data with a `video` file, or application/json with `video_uri`",
-        )
 
     def _params(self, options: SoundtrackOptions) -> GenerationParams:
         limits = self.cfg.limits
@@ -320,13 +222,14 @@ class Ingress:
             raise ApiError("invalid_parameter", f"duration must be in (0, {limits.max_video_s:g}] s")
         return GenerationParams(options.seed, options.duration, options.steps, options.guidance)
 
-    async def _prepare(self, options: SoundtrackOptions, video: str, name: str) -> GenerationRequest:
-        """Probe and check the video, encode its frames, tokenise the prompt: a request the Planner can run."""
+    async def _prepare(self, inputs: Inputs) -> tuple[GenerationSpec, np.ndarray]:
+        """Check the video and the audio prompt against the limits: the spec the engine's replica runs, and
+        the audio the soundtrack opens with."""
+        options, name, limits = inputs.options, inputs.name, self.cfg.limits
         params = self._params(options)
-        text_ids = self._tokenize(options.prompt)
-        limits = self.cfg.limits
+        self._tokenize(options.prompt)
         try:
-            info = await asyncio.to_thread(probe_video, video)
+            info = await asyncio.to_thread(probe_video, inputs.video)
         except MediaError as err:
             raise media_error(err, name) from None
         if info.width * info.height > limits.max_frame_pixels:
@@ -335,23 +238,38 @@ class Ingress:
             )
         if info.duration_s > limits.max_video_s:
             raise ApiError("video_too_long", f"{name}: {info.duration_s:.1f} s; the limit is {limits.max_video_s:g} s")
-        vision = self.model_cfg.vision
         try:
-            duration = resolve_duration(params, info.duration_s, limits.max_video_s)
-            features = None
-            if vision is not None:
-                check_frames(self.model_cfg, duration)
-                frames = await asyncio.to_thread(
-                    sample_frames, video, vision.fps, vision.frame_size, duration, vision.max_frames
-                )
-                features = torch.from_numpy(await self.encoder.encode.remote(frames))
-        except MediaError as err:
-            raise media_error(err, name) from None
+            resolve_duration(params, info.duration_s, limits.max_video_s)
         except ValueError as err:
             raise ApiError("video_too_long", str(err)) from None
-        return build_request(self.model_cfg, text_ids, params, duration, features, uuid.uuid4().hex)
+        prompt, lead = await self._audio_prompt(inputs)
+        with open(inputs.video, "rb") as f:
+            video = await asyncio.to_thread(f.read)
+        spec = GenerationSpec(uuid.uuid4().hex, options.prompt, params, video, info.duration_s, prompt)
+        return spec, lead
 
-    def _tokenize(self, prompt: str | None) -> torch.Tensor:
+    async def _audio_prompt(self, inputs: Inputs) -> tuple[AudioPrompt | None, np.ndarray]:
+        """The audio prompt's tail (what the engine reads) and the audio the soundtrack opens with."""
+        options, vae = inputs.options, self.model_cfg.vae
+        empty = np.zeros((vae.audio_channels, 0), np.float32)
+        if inputs.audio is None:
+            if options.include_prompt or options.from_s is not None:
+                raise ApiError("invalid_parameter", "include_prompt and from need an `audio` prompt")
+            return None, empty
+        if options.include_prompt and options.from_s is not None:
+            raise ApiError("invalid_parameter", "from already returns the whole track: drop include_prompt")
+        limit = self.cfg.limits.max_audio_s
+        try:
+            audio = await asyncio.to_thread(read_audio, inputs.audio, vae.sample_rate, vae.audio_channels, limit)
+            prompt = AudioPrompt(audio, vae.sample_rate, options.from_s)
+        except MediaError as err:
+            raise media_error(err, inputs.audio_name) from None
+        except ValueError as err:
+            raise ApiError("invalid_parameter", str(err)) from None
+        lead = prompt.output_lead(options.include_prompt, samples_per_patch(self.model_cfg))
+        return prompt_tail(self.model_cfg, prompt), lead
+
+    def _tokenize(self, prompt: str | None):
         """The prompt's token ids, checked against the model's and the server's limits before any frame work."""
         try:
             ids = tokenize_prompt(self.tokenizer, self.model_cfg, prompt)
@@ -364,31 +282,58 @@ class Ingress:
 
     # ---- generation and decoding ----------------------------------------------------------------------
 
-    async def _audio_chunks(self, job: GenerationRequest, deadline: float) -> AsyncIterator[np.ndarray]:
-        """(C, S) audio as each decode window's latents are complete: the streaming decode, equal to the
-        whole-clip decode because the windows are the same ones `AudioAutoencoder.decode` uses."""
-        cfg = self.model_cfg
-        clip = StreamingLatents(cfg.vae, job.n_patches * cfg.patch_size, round(job.duration_s * cfg.vae.sample_rate))
-        patches = self.planner.generate.remote(job)
+    async def _start(self, prepared: tuple[GenerationSpec, np.ndarray], deadline: float) -> Job:
+        """Send the spec to the Planner and wait for the request as the engine built it."""
+        spec, lead = prepared
+        latents = self.planner.generate.remote(spec)
         try:
-            while not clip.done:
-                for window, latents in clip.add(await _before(deadline, patches.__anext__())):
+            info = await _before(deadline, latents.__anext__())
+        except MediaError as err:
+            latents.cancel()
+            raise media_error(getattr(err, "cause", err), "video") from None
+        except ValueError as err:
+            latents.cancel()
+            raise ApiError("invalid_parameter", str(getattr(err, "cause", err))) from None
+        except BaseException:
+            latents.cancel()
+            raise
+        return Job(spec, info, latents, lead, self.model_cfg.vae.sample_rate)
+
+    async def _audio_chunks(self, job: Job, deadline: float) -> AsyncIterator[np.ndarray]:
+        """(C, S) audio as each decode window's latents are complete: the streaming decode, equal to the
+        whole-clip decode because the windows are the same ones `AudioAutoencoder.decode` uses. An audio
+        prompt's last patches are decoded first and their audio dropped, so the new music joins it."""
+        cfg = self.model_cfg
+        lead = 0 if job.info.lead is None else job.info.lead.shape[1]
+        total = lead + job.info.n_patches * cfg.patch_size
+        clip = StreamingLatents(cfg.vae, total, job.new_samples, skip=lead * cfg.vae.hop)
+        if job.lead.shape[1]:
+            yield job.lead
+        try:
+            ready = clip.add(job.info.lead) if lead else []
+            while True:
+                for window, latents in ready:
                     yield clip.emit(window, await _before(deadline, self.decoder.decode.remote(latents, window)))
+                if clip.done:
+                    break
+                ready = clip.add(await _before(deadline, job.latents.__anext__()))
+        except MediaError as err:
+            raise media_error(getattr(err, "cause", err), "video") from None
         except (RefinerUnavailable, RayActorError, ActorUnavailableError) as err:
             raise ApiError("unavailable", f"a model deployment is unavailable ({err})", 5) from None
         except BackPressureError:
             raise ApiError("overloaded", "the planners' queues are full", self.cfg.limits.retry_after_s) from None
         finally:
-            patches.cancel()
+            job.latents.cancel()
 
-    async def _whole_clip(self, job: GenerationRequest, deadline: float) -> np.ndarray:
+    async def _whole_clip(self, job: Job, deadline: float) -> np.ndarray:
         return np.concatenate([a async for a in self._audio_chunks(job, deadline)], axis=1)
 
-    async def _stream_wav(self, job: GenerationRequest, route: str, started: float, deadline: float):
+    async def _stream_wav(self, job: Job, route: str, started: float, deadline: float):
         rate, channels = self.model_cfg.vae.sample_rate, self.model_cfg.vae.audio_channels
         status = 200
         try:
-            yield wav_header(round(job.duration_s * rate), channels, rate)
+            yield wav_header(job.samples, channels, rate)
             first = True
             async for audio in self._audio_chunks(job, deadline):
                 if first:
@@ -399,7 +344,7 @@ class Ingress:
         except ApiError as err:  # headers are gone: the stream ends short, the error is counted and logged
             status = err.status
             self.metrics["errors"].inc(tags={"code": err.code})
-            log.warning("stream %s ended early: %s", job.request_id, err.message)
+            log.warning("stream %s ended early: %s", job.spec.request_id, err.message)
         finally:
             self.in_flight -= 1
             self._count(route, status, started)

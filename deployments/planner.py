@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -22,6 +24,9 @@ from deployments.devices import pick_device
 from deployments.metrics import serving_metrics
 from model.checkpoint import load_bundle
 from model.engine import Engine, GenerationRequest, PatchOutput, RefineBatch
+from model.engine.engine import DEFAULT_MAX_DURATION_S
+from model.engine.request import GenerationSpec
+from model.media import MediaError
 
 log = logging.getLogger("ray.serve")
 
@@ -55,6 +60,9 @@ class PatchLoop:
                 item = await queue.get()
                 if isinstance(item, BaseException):
                     raise item
+                if item.error is not None:  # this request's video broke mid-way; the others go on
+                    finished = True
+                    raise MediaError(item.error)
                 finished = item.finished
                 yield item
         finally:
@@ -76,6 +84,7 @@ class PatchLoop:
             try:
                 batch = await asyncio.to_thread(self.engine.begin_step)
                 if batch is None:
+                    self._deliver(self.engine.drain_failures())
                     continue
                 self.metrics["batch"].observe(len(batch.rows), tags={"stage": "planner"})
                 patches = await self.refine(batch)
@@ -85,10 +94,13 @@ class PatchLoop:
                 self._fail_running(err)
                 continue
             self.metrics["patches"].inc(len(outputs))
-            for output in outputs:
-                queue = self.queues.get(output.request_id)
-                if queue is not None:
-                    queue.put_nowait(output)
+            self._deliver(outputs)
+
+    def _deliver(self, outputs: list[PatchOutput]) -> None:
+        for output in outputs:
+            queue = self.queues.get(output.request_id)
+            if queue is not None:
+                queue.put_nowait(output)
 
     def _fail_running(self, err: Exception) -> None:
         scheduler = self.engine.scheduler
@@ -105,21 +117,58 @@ async def latents_of(loop: PatchLoop, engine: Engine, request: GenerationRequest
         yield engine.to_latents(output.patch).numpy()
 
 
+async def serve_spec(loop: PatchLoop, engine: Engine, spec: GenerationSpec) -> AsyncIterator:
+    """A served request: its `RequestInfo` once the engine has built it, then each patch's (D, P) latents.
+
+    The video travels as bytes and is read here window by window, so the front end never decodes it whole
+    and the first window starts as soon as its own frames are encoded, whatever the video's length."""
+    with tempfile.TemporaryDirectory(prefix="videorobin-") as tmp:
+        video = None
+        if spec.video is not None:
+            video = os.path.join(tmp, "video")
+            with open(video, "wb") as f:
+                f.write(spec.video)
+        request = await asyncio.to_thread(
+            engine.make_request,
+            video=video,
+            prompt=spec.prompt,
+            params=spec.params,
+            video_duration_s=spec.video_duration_s,
+            request_id=spec.request_id,
+            audio_prompt=spec.audio,
+        )
+        yield engine.request_info(request)
+        async for latents in latents_of(loop, engine, request):
+            yield latents
+
+
 @serve.deployment
 class Planner:
     def __init__(
         self,
         checkpoint: str,
         refiner,
+        encoder=None,
         device: str | None = None,
         capacity: int = 8,
-        max_duration_s: float = 120.0,
+        max_duration_s: float = DEFAULT_MAX_DURATION_S,
         retry_s: float = 30.0,
     ):
         device = pick_device(device)
         self.engine = Engine(load_bundle(checkpoint, device), device, capacity, max_duration_s)
-        self.refiner, self.retry_s = refiner, retry_s
+        self.refiner, self.encoder, self.retry_s = refiner, encoder, retry_s
+        if encoder is not None:  # each window's frames go to the batched FrameEncoder
+            self.engine.encode_frames = self._encode_from_step
+        self.event_loop: asyncio.AbstractEventLoop | None = None
         self.loop = PatchLoop(self.engine, self._refine)
+
+    def _encode_from_step(self, frames: np.ndarray) -> torch.Tensor:
+        """Called in the engine's step thread (never on the event loop, which stays free to await the call)."""
+        call = asyncio.run_coroutine_threadsafe(self._encode(frames), self.event_loop)
+        return torch.from_numpy(call.result())
+
+    async def _encode(self, frames: np.ndarray) -> np.ndarray:
+        return await self.encoder.encode.remote(frames)
 
     async def _refine(self, batch: RefineBatch) -> torch.Tensor:
         """One step's patches from the Refiner; a lost replica is retried (same inputs, same result)."""
@@ -134,9 +183,10 @@ class Planner:
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 2.0)
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[np.ndarray]:
-        async for latents in latents_of(self.loop, self.engine, request):
-            yield latents
+    async def generate(self, spec: GenerationSpec) -> AsyncIterator:
+        self.event_loop = asyncio.get_running_loop()
+        async for item in serve_spec(self.loop, self.engine, spec):
+            yield item
 
     async def ready(self) -> bool:
         return True

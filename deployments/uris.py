@@ -13,8 +13,8 @@ from deployments.errors import ApiError
 SCHEMES = ("file", "s3", "gs", "gcs", "http", "https")
 
 
-def _refuse(uri: str, why: str) -> ApiError:
-    return ApiError("uri_not_allowed", f"video_uri {uri!r} is not allowed: {why}")
+def _refuse(uri: str, why: str, field: str) -> ApiError:
+    return ApiError("uri_not_allowed", f"{field} {uri!r} is not allowed: {why}")
 
 
 def _normalise(uri: str) -> str:
@@ -42,17 +42,17 @@ def _public_host(host: str) -> bool:
     return True
 
 
-def check_video_uri(uri: str, allowed_prefixes: list[str]) -> str:
+def check_video_uri(uri: str, allowed_prefixes: list[str], field: str = "video_uri") -> str:
     """The normalised URI to read, or ApiError("uri_not_allowed")."""
     scheme = urllib.parse.urlsplit(uri).scheme.lower()
     if scheme not in SCHEMES:
-        raise _refuse(uri, f"scheme {scheme or '(none)'!r}; use one of {', '.join(SCHEMES)}")
+        raise _refuse(uri, f"scheme {scheme or '(none)'!r}; use one of {', '.join(SCHEMES)}", field)
     target = _normalise(uri)
     prefixes = [_normalise(p).rstrip("/") + "/" for p in allowed_prefixes]
     if not any(target.startswith(p) for p in prefixes):
-        raise _refuse(uri, "outside the allowed prefixes")
+        raise _refuse(uri, "outside the allowed prefixes", field)
     if scheme in ("http", "https"):
         host = urllib.parse.urlsplit(target).hostname or ""
         if not _public_host(host):
-            raise _refuse(uri, f"host {host!r} is a private, loopback or link-local address")
+            raise _refuse(uri, f"host {host!r} is a private, loopback or link-local address", field)
     return target

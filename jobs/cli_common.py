@@ -114,7 +114,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, help="Euler steps per patch (>= 1; default: the model's)")
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale (>= 0; default: the model's)")
-    p.add_argument("--max-duration", type=float, default=120.0, help="longest clip accepted, seconds")
+    p.add_argument("--max-duration", type=float, default=7200.0, help="longest clip accepted, seconds (default 2 h)")
 
 
 def add_pool_args(p: argparse.ArgumentParser, stages: tuple[tuple[str, int], ...]) -> None:

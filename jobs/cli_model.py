@@ -23,46 +23,86 @@ log = logging.getLogger("videorobin")
 AUDIO_FORMATS = {".wav": "wav", ".flac": "flac"}
 
 
-def _generate(args) -> dict:
-    from model.engine import Engine, GenerationParams
-    from model.media import mux, probe_video, write_audio
-
+def _check_generate_args(args) -> str:
+    """The output format; every combination of flags that cannot work is refused here, in one line."""
     fmt = AUDIO_FORMATS.get(os.path.splitext(args.out)[1].lower())
     if fmt is None:
         raise CLIError(f"--out {args.out}: must end in .wav or .flac")
     if args.mux and not args.mux.lower().endswith(".mp4"):
         raise CLIError(f"--mux {args.mux}: must end in .mp4")
+    if args.audio_prompt is None and (args.include_prompt or args.from_s is not None):
+        raise CLIError("--include-prompt and --from need --audio-prompt")
+    if args.from_s is not None and args.include_prompt:
+        raise CLIError("--from already writes the whole track (the kept part included): drop --include-prompt")
+    if args.align_cuts != 1 and args.video is None:
+        raise CLIError("--align-cuts needs --video (the cuts to align to)")
     if args.video is None:
-        if not args.prompt:
-            raise CLIError("give --video, or --prompt and --duration for music from the prompt alone")
-        if args.duration is None:
+        if not (args.prompt or args.audio_prompt):
+            raise CLIError("give --video, or --prompt / --audio-prompt and --duration for music without a video")
+        if args.duration is None and args.from_s is None:
             raise CLIError("without --video, --duration says how many seconds of music to write")
         if args.mux:
             raise CLIError("--mux needs --video (the picture to put the music under)")
+    return fmt
+
+
+def _generate(args) -> dict:
+    import numpy as np
+
+    from model.engine import Engine, GenerationParams
+    from model.engine.align import stream_aligned
+    from model.engine.engine import samples_per_patch
+    from model.engine.request import AudioPrompt
+    from model.media import mux, probe_video, read_audio, write_audio_stream
+
+    fmt = _check_generate_args(args)
     params = GenerationParams(seed=args.seed, duration_s=args.duration, steps=args.steps, guidance=args.cfg)
     if args.video is not None:
         probe_video(args.video)  # refuse a bad video before spending time on the model
     bundle = load_model(args)
-    engine = Engine(bundle, device=device_name(args.device), max_batch=1, max_duration_s=args.max_duration)
-    request = engine.make_request(video=args.video, prompt=args.prompt, params=params)
+    vae = bundle.config.vae
+    prompt_audio = None
+    if args.audio_prompt is not None:
+        audio = read_audio(args.audio_prompt, vae.sample_rate, vae.audio_channels, max_s=args.max_duration)
+        prompt_audio = AudioPrompt(audio, vae.sample_rate, args.from_s)
+    engine = Engine(
+        bundle, device=device_name(args.device), max_batch=max(1, args.align_cuts), max_duration_s=args.max_duration
+    )
+    request = engine.make_request(video=args.video, prompt=args.prompt, params=params, audio_prompt=prompt_audio)
+    lead = np.zeros((vae.audio_channels, 0), np.float32)
+    if prompt_audio is not None:
+        lead = prompt_audio.output_lead(args.include_prompt, samples_per_patch(bundle.config))
     started = time.perf_counter()
     update, close = progress_bar("generating")
     try:
-        (result,) = engine.generate([request], progress=update)
+        patches = None
+        if args.align_cuts > 1:
+            from jobs.evaluation.cuts import cut_chooser, detect_cuts
+
+            patches = stream_aligned(engine, request, args.align_cuts, cut_chooser(detect_cuts(args.video)), update)
+        chunks = (chunk for _, chunk in engine.stream_audio([request], update, patches=patches))
+        frames = lead.shape[1] + round(request.duration_s * vae.sample_rate)
+        write_audio_stream(args.out, _chain(lead, chunks), frames, vae.audio_channels, vae.sample_rate, fmt)
     finally:
         close()
     elapsed = time.perf_counter() - started
-    write_audio(args.out, result.audio, result.sample_rate, fmt)
     if args.mux:
-        mux(args.video, result.audio, result.sample_rate, args.mux)
+        mux(args.video, read_audio(args.out, vae.sample_rate, vae.audio_channels), vae.sample_rate, args.mux)
     return {
         "audio": args.out,
         "mp4": args.mux,
-        "duration_s": round(result.duration_s, 3),
+        "duration_s": round(frames / vae.sample_rate, 3),
+        "generated_s": round(request.duration_s, 3),
         "patches": request.n_patches,
         "seconds": round(elapsed, 2),
-        "rtf": round(elapsed / result.duration_s, 3),
+        "rtf": round(elapsed / request.duration_s, 3),
     }
+
+
+def _chain(first, rest):
+    if first.shape[1]:
+        yield first
+    yield from rest
 
 
 def _demo(args) -> dict:
@@ -134,6 +174,22 @@ def add_parsers(sub) -> None:
     gen.add_argument("--out", required=True, help="output audio (.wav or .flac, 48 kHz stereo)")
     gen.add_argument("--mux", help="also write this .mp4: the video with the music as its audio")
     gen.add_argument("--duration", type=float, help="seconds of music (default: the video's duration)")
+    gen.add_argument("--audio-prompt", metavar="FILE", help="music to continue: the new music follows its end")
+    gen.add_argument("--include-prompt", action="store_true", help="start the output with the audio prompt itself")
+    gen.add_argument(
+        "--from",
+        dest="from_s",
+        type=float,
+        metavar="T",
+        help="with --audio-prompt TRACK: keep TRACK up to T seconds and write the rest anew (the whole track out)",
+    )
+    gen.add_argument(
+        "--align-cuts",
+        type=int,
+        default=1,
+        metavar="N",
+        help="at each window write N candidates and keep the one whose beats fall best on the video's cuts",
+    )
     add_model_args(gen)
     gen.set_defaults(run=_generate)
 

@@ -54,7 +54,7 @@ class ScoreConfig(BaseModel):
     address: str | None = None
     steps: int | None = Field(default=None, ge=1)  # default: the model's
     guidance: float | None = Field(default=None, ge=0)
-    max_duration_s: float = Field(default=120.0, gt=0)
+    max_duration_s: float = Field(default=7200.0, gt=0)
     skip_failed: bool = False
     rows_per_block: int = Field(default=4, ge=1)  # resume granularity: a block is the unit Ray Data commits
     probe_cpus: float = Field(default=0.25, gt=0)

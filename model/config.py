@@ -284,6 +284,20 @@ class FlowConfig(_Strict):
     cfg_dropout: float = Field(default=0.1, ge=0, le=1)  # p of zeroing mu in training; prefix never dropped
 
 
+class WindowConfig(_Strict):
+    """Generation windows: a clip longer than the training clips is written window by window, each one
+    prefilled with the text, its own frames and the last `context_s` of audio already written."""
+
+    window_s: float = Field(default=10.0, gt=0)  # the training clips' length: no prefill sees more
+    context_s: float = Field(default=4.0, gt=0)  # chosen by benchmarks/windows.py (README: seams)
+
+    @model_validator(mode="after")
+    def _room(self) -> WindowConfig:
+        if self.context_s >= self.window_s:
+            raise ValueError(f"context_s {self.context_s} must be shorter than window_s {self.window_s}")
+        return self
+
+
 class VideoRobinConfig(_Strict):
     version: int = CONFIG_VERSION
     patch_size: int = Field(default=4, gt=0)  # latent frames per AR step; 8 and 16 are the paper's ablations
@@ -300,6 +314,7 @@ class VideoRobinConfig(_Strict):
     text: TextConfig = TextConfig()
     vae: VAEConfig = OobleckVAEConfig()
     flow: FlowConfig = FlowConfig()
+    window: WindowConfig = WindowConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> VideoRobinConfig:
@@ -322,6 +337,18 @@ class VideoRobinConfig(_Strict):
         """ceil(duration x latent rate / P): the clip's number of AR steps."""
         frames = math.ceil(round(duration_s * self.latent_rate, 6))
         return max(1, math.ceil(frames / self.patch_size))
+
+    @property
+    def patch_s(self) -> float:
+        return self.patch_size / self.latent_rate
+
+    @property
+    def window_patches(self) -> int:
+        return self.patches_for(self.window.window_s)
+
+    @property
+    def context_patches(self) -> int:
+        return min(self.window_patches - 1, max(1, round(self.window.context_s / self.patch_s)))
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

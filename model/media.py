@@ -11,6 +11,7 @@ import math
 import os
 import struct
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -26,7 +27,7 @@ class MediaError(ValueError):
 
     `kind` says which way it fails, for callers that map it to an error code: "unreadable" (not a media
     file we can open, or no video in it), "empty" (no bytes, no duration or no frames), "undecodable"
-    (opens, but its frames cannot be decoded)."""
+    (opens, but its frames cannot be decoded), "too_long" (over a length limit)."""
 
     def __init__(self, message: str, kind: str = "unreadable") -> None:
         super().__init__(message)
@@ -41,7 +42,7 @@ class VideoInfo:
     fps: float
 
 
-def _open(path: str):
+def _open(path: str, what: str = "video"):
     if not os.path.exists(path):
         raise MediaError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
@@ -49,7 +50,7 @@ def _open(path: str):
     try:
         return av.open(path)
     except av.error.FFmpegError as err:
-        raise MediaError(f"{path}: not a readable video ({err.strerror or type(err).__name__})") from None
+        raise MediaError(f"{path}: not a readable {what} ({err.strerror or type(err).__name__})") from None
 
 
 # ffmpeg renders text files as "video" (its tty demuxer); such input is a mistake, not a video.
@@ -106,8 +107,8 @@ def sample_frames(
     """The frames on screen at t = start + k / fps for k < ceil(duration x fps), CLIP-style resized and
     centre-cropped.
 
-    Frames are decoded in order and only the sampled ones are converted, so memory holds one clip's
-    samples, never the whole video.
+    Frames are decoded in order (from the keyframe before `start_s`) and only the sampled ones are
+    converted, so memory holds one window's samples, never the whole video.
 
     Returns:
         (F, size, size, 3) uint8 RGB.
@@ -120,6 +121,8 @@ def sample_frames(
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         previous = None
         try:
+            if start_s > 0:  # a later window of a long video: from the keyframe before it, not from the top
+                container.seek(int((start + start_s) / stream.time_base), stream=stream, backward=True)
             for frame in container.decode(stream):
                 t = (frame.time or 0.0) - start
                 while len(picked) < count and t > targets[len(picked)] + 1e-6 and previous is not None:
@@ -183,6 +186,32 @@ def write_audio(uri: str, audio: np.ndarray, sample_rate: int, fmt: str = "wav")
     write_bytes_atomic(uri, encode_audio(audio, sample_rate, fmt))
 
 
+def write_audio_stream(
+    path: str, chunks: Iterable[np.ndarray], frames: int, channels: int, sample_rate: int, fmt: str = "wav"
+) -> None:
+    """Write (C, S) chunks as they come to a local file of `frames` samples per channel, under a temporary
+    name moved into place at the end: memory holds one chunk, and a failure leaves nothing under `path`.
+    A WAV is byte-identical to `encode_audio` of the whole clip (and to the server's streamed WAV)."""
+    if fmt not in ("wav", "flac"):
+        raise MediaError(f"unsupported audio format {fmt!r} (wav or flac)")
+    tmp = _temp_beside(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    try:
+        if fmt == "wav":
+            with open(tmp, "wb") as out:
+                out.write(wav_header(frames, channels, sample_rate))
+                for chunk in chunks:
+                    out.write(pcm16(chunk))
+        else:
+            with sf.SoundFile(tmp, "w", sample_rate, channels, format="FLAC", subtype="PCM_16") as out:
+                for chunk in chunks:
+                    out.write(np.clip(chunk, -1, 1).T)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def _temp_beside(path: str) -> str:
     """A hidden temporary name next to `path`, same container suffix, for writing then os.replace."""
     directory, name = os.path.split(os.path.abspath(path))
@@ -216,17 +245,25 @@ def mux(video_path: str, audio: np.ndarray, sample_rate: int, out_path: str) -> 
             os.remove(tmp)
 
 
-def read_audio(uri: str, sample_rate: int, channels: int = 2) -> np.ndarray:
-    """Decode any audio file PyAV reads, resampled to `sample_rate`, mono duplicated to stereo. (C, S) float32."""
+def read_audio(uri: str, sample_rate: int, channels: int = 2, max_s: float | None = None) -> np.ndarray:
+    """Decode any audio file PyAV reads, resampled to `sample_rate`, mono duplicated to stereo. (C, S) float32.
+    Refused, before it is all decoded, when longer than `max_s`."""
     with local_copy(uri) as path:
-        with _open(path) as container:
+        with _open(path, "audio file") as container:
             if not container.streams.audio:
-                raise MediaError(f"{uri}: has no audio stream")
+                raise MediaError(f"{uri}: has no audio stream (not an audio file?)")
             layout = "stereo" if channels == 2 else "mono"
             resampler = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
-            chunks = []
-            for frame in container.decode(container.streams.audio[0]):
-                chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
+            chunks, samples, limit = [], 0, math.inf if max_s is None else max_s * sample_rate
+            try:
+                for frame in container.decode(container.streams.audio[0]):
+                    for piece in resampler.resample(frame):
+                        chunks.append(piece.to_ndarray())
+                        samples += chunks[-1].shape[1]
+                    if samples > limit:
+                        raise MediaError(f"{uri}: audio longer than the limit of {max_s:g} s", "too_long")
+            except av.error.FFmpegError as err:
+                raise MediaError(f"{uri}: audio cannot be decoded ({err.strerror or type(err).__name__})") from None
             chunks.extend(f.to_ndarray() for f in resampler.resample(None))
     if not chunks:
         raise MediaError(f"{uri}: audio stream has no samples")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import json
 import math
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -237,24 +238,29 @@ def decode_windows(length: int, chunk: int, context: int, fade: int = 0) -> list
 class StreamingLatents:
     """One clip's latents arriving patch by patch: hands out each decode window as soon as its latents exist,
     and turns each decoded window into the clip's next audio (adding the previous window's fade-out, keeping
-    this one's, cutting where the clip's duration ends). Decoding every window it hands out, in order, and
-    emitting it gives exactly `AudioAutoencoder.decode` of the whole clip."""
+    this one's, dropping the first `skip` samples, cutting where the clip's duration ends). Decoding every
+    window it hands out, in order, and emitting it gives exactly `AudioAutoencoder.decode` of the whole clip.
+    Only the latents the pending windows still need are held, so memory does not grow with the clip."""
 
-    def __init__(self, vae: VAEConfig, total: int, samples: int) -> None:
-        self.latents = np.zeros((vae.latent_dim, total), np.float32)
+    def __init__(self, vae: VAEConfig, total: int, samples: int, skip: int = 0) -> None:
+        self.buffer = np.zeros((vae.latent_dim, 0), np.float32)
+        self.base = 0  # clip latent index of buffer[:, 0]
         self.hop = vae.hop
-        self.have, self.samples_left = 0, samples
-        self.windows = decode_windows(total, vae.chunk_latents, vae.decode_context, vae.decode_crossfade)
+        self.have, self.samples_left, self.skip = 0, samples, skip
+        self.windows = deque(decode_windows(total, vae.chunk_latents, vae.decode_context, vae.decode_crossfade))
         self.tail: np.ndarray | None = None
 
     def add(self, patch: np.ndarray) -> list[tuple[DecodeWindow, np.ndarray]]:
         """Append (D, P) latents; returns the windows now complete with their (D, hi - lo) latents."""
-        self.latents[:, self.have : self.have + patch.shape[1]] = patch
+        self.buffer = np.concatenate([self.buffer, patch.astype(np.float32, copy=False)], axis=1)
         self.have += patch.shape[1]
         ready = []
         while self.windows and self.windows[0].hi <= self.have:
-            window = self.windows.pop(0)
-            ready.append((window, self.latents[:, window.lo : window.hi]))
+            window = self.windows.popleft()
+            ready.append((window, self.buffer[:, window.lo - self.base : window.hi - self.base]))
+        if self.windows:  # forget what no pending window reads
+            drop = max(0, self.windows[0].lo - self.base)
+            self.buffer, self.base = self.buffer[:, drop:], self.base + drop
         return ready
 
     @property
@@ -268,9 +274,20 @@ class StreamingLatents:
             audio[:, : self.tail.shape[1]] += self.tail
         kept = (window.end - window.start) * self.hop
         self.tail = audio[:, kept:] if window.fade_out else None
-        audio = audio[:, : min(kept, self.samples_left)]
+        audio = audio[:, :kept]
+        if self.skip:
+            cut, self.skip = min(self.skip, kept), self.skip - min(self.skip, kept)
+            audio = audio[:, cut:]
+        audio = audio[:, : self.samples_left]
         self.samples_left -= audio.shape[1]
         return audio
+
+
+@torch.no_grad()
+def decode_window_array(vae: AudioAutoencoder, latents: np.ndarray, window: DecodeWindow) -> np.ndarray:
+    """(D, hi - lo) latents of `window` -> (C, (end - start + fade_out) * hop) float32 audio, for streaming."""
+    x = torch.from_numpy(np.ascontiguousarray(latents))[None].to(next(vae.parameters()).device)
+    return vae.decode_window(x, window)[0].float().cpu().numpy()
 
 
 def _fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -5,6 +5,8 @@ Sequence seen by the SemanticLM for one clip (concatenated, not interleaved; DES
     [text tokens][video frame tokens][audio-start][patch_1 ... patch_{N-1}]
 
 The output at audio-start plans patch 1, the output at patch i plans patch i+1 (the shift by one patch).
+A generation window that continues earlier audio (model/engine/windows.py) puts that audio's last patches
+in the prefix after audio-start, exactly where teacher forcing puts a clip's first patches in training.
 At those "audio" positions FSQ quantises the SemanticLM output into q; RITE reads q plus the position's
 continuous input embedding and yields r; LocDiT is conditioned on mu = W1 q + W2 r. Text and frame
 positions pass through unquantised so RITE sees the whole context.
@@ -42,9 +44,18 @@ class Conditions:
 
     text_ids: list[torch.Tensor]  # each (Lt,) long
     frames: list[torch.Tensor | None]  # each (F, feature_dim) CLIP features, or None
+    # Generation windows only: the patches (c, P, D) that open the window, and the time of the first frame
+    # after the window's start (frames sit on the video's 1/fps grid, windows on the patch grid).
+    context: list[torch.Tensor | None] | None = None
+    frame_offset_s: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.text_ids)
+
+    def row(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, float]:
+        context = self.context[i] if self.context is not None else None
+        offset = self.frame_offset_s[i] if self.frame_offset_s is not None else 0.0
+        return self.text_ids[i], self.frames[i], context, offset
 
 
 @dataclass
@@ -86,24 +97,33 @@ class VideoRobin(nn.Module):
         """Seconds at which patch number `index` (0-based) starts."""
         return index * (self.cfg.patch_size / self.cfg.latent_rate)
 
-    def prefix(self, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embed [text][frames][audio-start] per row, right-padded.
+    def prefix(self, cond: Conditions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embed [text][frames][audio-start][context patches] per row, right-padded.
 
         Returns:
-            (B, Tp, H) embeddings and (B,) prefix lengths (audio-start is each row's last position).
+            (B, Tp, H) embeddings, (B,) prefix lengths and (B,) position of audio-start: the audio positions
+            are audio-start and the context patches after it; the last position plans the next patch.
         """
-        rows = []
-        for ids, frames in zip(cond.text_ids, cond.frames, strict=True):
-            parts = [self.embed(ids.to(self.audio_start.device))]
+        rows, starts = [], []
+        device = self.audio_start.device
+        for i in range(len(cond)):
+            ids, frames, context, offset = cond.row(i)
+            parts = [self.embed(ids.to(device))]
             if frames is not None:
                 if self.vision_proj is None:
                     raise ValueError("frame features were given but this model has no vision (stage 1)")
-                frame_s = torch.arange(frames.shape[0], device=self.audio_start.device) / self.cfg.vision.fps
+                frame_s = offset + torch.arange(frames.shape[0], device=device) / self.cfg.vision.fps
                 parts.append(self.at_time(self.vision_proj(frames.to(self.audio_start)), frame_s))
-            parts.append(self.at_time(self.audio_start, torch.zeros((), device=self.audio_start.device))[None])
+            parts.append(self.at_time(self.audio_start, torch.zeros((), device=device))[None])
+            starts.append(sum(p.shape[0] for p in parts) - 1)
+            if context is not None and context.shape[0]:
+                emb = self.locenc(context.to(self.audio_start))  # (c, H): patch j plans patch j + 1
+                parts.append(
+                    self.at_time(emb, self.patch_start_s(torch.arange(1, context.shape[0] + 1, device=device)))
+                )
             rows.append(torch.cat(parts))
-        lengths = torch.tensor([r.shape[0] for r in rows], device=self.audio_start.device)
-        return nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths
+        lengths = torch.tensor([r.shape[0] for r in rows], device=device)
+        return nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths, torch.tensor(starts, device=device)
 
     # ---- the AR-Head on whole sequences --------------------------------------------------------------
 
@@ -126,7 +146,9 @@ class VideoRobin(nn.Module):
             (B, N, Hd) mu for each patch; mu[:, i] depends only on the conditions and patches < i.
         """
         B, N = patches.shape[:2]
-        prefix, plen = self.prefix(cond)
+        if cond.context is not None:
+            raise ValueError("plan_sequence teacher-forces whole clips: context patches belong in `patches`")
+        prefix, plen, _ = self.prefix(cond)
         lengths = plen + n_patches - 1
         emb = self.locenc(patches[:, : N - 1]) if N > 1 else prefix.new_zeros(B, 0, prefix.shape[-1])  # (B,N-1,H)
         emb = self.at_time(emb, self.patch_start_s(torch.arange(1, N, device=emb.device)))  # plans patch j+1
@@ -161,14 +183,15 @@ class VideoRobin(nn.Module):
         return PlanCaches(self.semantic_lm.new_cache(capacity, max_len, device, dtype), rite)
 
     def prefill(self, cond: Conditions, caches: PlanCaches, rows: Rows) -> torch.Tensor:
-        """Run the prefixes of new rows into their cache slots. Returns (B, Hd): mu of each row's first patch."""
-        x, plen = self.prefix(cond)
+        """Run the prefixes of rows into their cache slots (a new request, or a new window of a running one).
+        Returns (B, Hd): mu of the patch after each row's prefix."""
+        x, plen, audio_from = self.prefix(cond)
         pos = torch.arange(x.shape[1], device=x.device)
-        audio = pos[None] == (plen - 1)[:, None]  # only audio-start is an audio position in a prefix
+        audio = (pos[None] >= audio_from[:, None]) & (pos[None] < plen[:, None])  # audio-start + context
         h = self.semantic_lm(x, plen, caches.semantic_lm, rows)
         q = self._quantize(h, audio)
         r = self.rite(q + x * audio[..., None], plen, caches.rite, rows) if self.rite is not None else None
-        last = (plen - 1)[:, None]  # audio-start
+        last = (plen - 1)[:, None]  # audio-start, or the last context patch
         return self._mu(_at(q, last)[:, 0], _at(r, last)[:, 0] if r is not None else None)
 
     def plan_step(self, patch: torch.Tensor, caches: PlanCaches, rows: Rows, index: torch.Tensor) -> torch.Tensor:

@@ -44,3 +44,22 @@ def cut_alignment(cuts: np.ndarray, beats: np.ndarray, window: float = 0.1) -> d
         return {"f_measure": 0.0, "precision": 0.0, "recall": 0.0}
     f, precision, recall = mir_eval.onset.f_measure(cuts, beats, window=window)
     return {"f_measure": float(f), "precision": float(precision), "recall": float(recall)}
+
+
+def cut_chooser(cuts: np.ndarray):
+    """`--align-cuts`' choice (model/engine/align.py): the candidate whose beats fall best on the cuts inside
+    its window, by the same beat tracker and F-measure as the evaluation; ties and cut-free windows keep
+    candidate 0 (the plain one)."""
+    from jobs.evaluation.music import beat_times
+
+    cuts = np.asarray(cuts, float)
+
+    def choose(start_s: float, candidates: list[np.ndarray], sample_rate: int) -> int:
+        span = candidates[0].shape[1] / sample_rate
+        inside = cuts[(cuts >= start_s) & (cuts < start_s + span)] - start_s
+        if len(inside) == 0:
+            return 0
+        scores = [cut_alignment(inside, beat_times(audio, sample_rate)[1])["f_measure"] for audio in candidates]
+        return int(np.argmax(scores))
+
+    return choose

@@ -2,27 +2,32 @@
 
 Per step, for every running row at once: one LocDiT trajectory (cond and uncond halves in one batched
 call), then one LocEnc + SemanticLM + RITE step from the KV cache for rows that continue. New requests
-join between steps (prefill) and finished ones leave, so a finished row costs nothing.
+join between steps (prefill) and finished ones leave, so a finished row costs nothing. A row that reaches
+the end of a generation window (model/engine/windows.py) is prefilled again with the next window's frames
+and its last patches while the other rows keep stepping, so clips of any length share one batch.
 """
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from model.build import Bundle
 from model.config import STATIC_PROMPT, VideoRobinConfig
-from model.engine.request import GenerationParams, GenerationRequest
+from model.engine.request import AudioPrompt, GenerationParams, GenerationRequest, RequestInfo
 from model.engine.runner import Runner, patch_noise, refine_patches
-from model.engine.scheduler import Scheduler
-from model.media import probe_video, sample_frames
-from model.vae import AudioAutoencoder
-from model.videorobin import VideoRobin
+from model.engine.scheduler import RowState, Scheduler
+from model.engine.windows import FeatureFrames, FrameSource, VideoFrames, frames_per_window, window_frames, windows_of
+from model.media import MediaError, probe_video
+from model.vae import AudioAutoencoder, StreamingLatents, decode_window_array
+from model.videorobin import Conditions, VideoRobin
+
+DEFAULT_MAX_DURATION_S = 2 * 3600.0  # the only length limit: what one request may ask for
+PROMPT_MARGIN_PATCHES = 13  # ~2 s of audio before the context patches: the VAE encoder's receptive field
 
 Progress = Callable[[int, int], None]  # (patches done, patches total)
 
@@ -31,8 +36,9 @@ Progress = Callable[[int, int], None]  # (patches done, patches total)
 class PatchOutput:
     request_id: str
     index: int  # 0-based patch number within the request
-    patch: torch.Tensor  # (P, D) standardised latent frames, on the CPU
+    patch: torch.Tensor | None  # (P, D) standardised latent frames, on the CPU; None when it failed
     finished: bool
+    error: str | None = None  # why the request stopped (its video could not be read mid-way)
 
 
 @dataclass
@@ -99,82 +105,143 @@ def resolve_duration(params: GenerationParams, video_duration_s: float | None, m
     return duration
 
 
-def check_frames(cfg: VideoRobinConfig, duration_s: float) -> int:
-    """How many frames the model sees over `duration_s`; refused above the vision config's maximum."""
-    needed = math.ceil(round(duration_s * cfg.vision.fps, 6))
-    if needed > cfg.vision.max_frames:
-        raise ValueError(
-            f"{duration_s:.1f} s needs {needed} frames at {cfg.vision.fps:g} fps; "
-            f"the model takes at most {cfg.vision.max_frames}"
-        )
-    return needed
-
-
 def build_request(
     cfg: VideoRobinConfig,
     text_ids: torch.Tensor,
     params: GenerationParams,
     duration_s: float,
-    frames: torch.Tensor | None,
+    frames: FrameSource | torch.Tensor | None,
     request_id: str | None = None,
+    context: torch.Tensor | None = None,
+    first_patch: int = 0,
 ) -> GenerationRequest:
     if frames is not None and cfg.vision is None:
         raise ValueError("this checkpoint has no vision (stage 1): it cannot take video frames")
     return GenerationRequest(
         request_id=request_id or uuid.uuid4().hex,
         text_ids=text_ids,
-        frames=frames,
+        frames=FeatureFrames(frames) if isinstance(frames, torch.Tensor) else frames,
         duration_s=duration_s,
         n_patches=cfg.patches_for(duration_s),
         params=params.with_defaults(cfg.flow),
+        context=context,
+        first_patch=first_patch,
     )
+
+
+def samples_per_patch(cfg: VideoRobinConfig) -> int:
+    return cfg.vae.hop * cfg.patch_size
+
+
+def prompt_tail(cfg: VideoRobinConfig, prompt: AudioPrompt) -> AudioPrompt:
+    """The part of an audio prompt the engine reads (`Engine.prompt_patches`): what a front end sends it."""
+    return prompt.tail(samples_per_patch(cfg), cfg.context_patches + PROMPT_MARGIN_PATCHES)
 
 
 class Engine:
     def __init__(
-        self, bundle: Bundle, device: torch.device | str = "cpu", max_batch: int = 8, max_duration_s: float = 60.0
+        self,
+        bundle: Bundle,
+        device: torch.device | str = "cpu",
+        max_batch: int = 8,
+        max_duration_s: float = DEFAULT_MAX_DURATION_S,
     ) -> None:
         self.bundle = bundle.to(device)
-        self.cfg = bundle.config
+        self.cfg = cfg = bundle.config
         self.device = torch.device(device)
         self.max_duration_s = max_duration_s
-        vision_frames = self.cfg.vision.max_frames if self.cfg.vision is not None else 0
-        max_len = self.cfg.text.max_tokens + vision_frames + 1 + self.cfg.patches_for(max_duration_s)
-        self.scheduler = Scheduler(max_batch)
+        frames = 0
+        if cfg.vision is not None:
+            frames = frames_per_window(cfg)
+            if frames > cfg.vision.max_frames:
+                raise ValueError(f"a {cfg.window.window_s:g} s window holds {frames} frames > vision.max_frames")
+        max_len = cfg.text.max_tokens + frames + 1 + cfg.window_patches
+        self.scheduler = Scheduler(max_batch, self.plan_windows, cfg.context_patches)
         self.runner = Runner(bundle.model.eval(), max_batch, max_len, self.device)
+        self.failures: list[PatchOutput] = []  # rows stopped between steps, reported with the next outputs
+        # (F, S, S, 3) uint8 frames -> (F, feature_dim) CLIP features; a server may send them elsewhere
+        self.encode_frames: Callable[[np.ndarray], torch.Tensor] = self._encode
 
     # ---- preparing requests -------------------------------------------------------------------------
 
     def tokenize(self, prompt: str | None) -> torch.Tensor:
         return tokenize_prompt(self.bundle.tokenizer, self.cfg, prompt)
 
-    @torch.no_grad()
-    def encode_video(self, path: str, duration_s: float) -> torch.Tensor:
-        """CLIP features (F, feature_dim) of the frames sampled at the config's fps over `duration_s`."""
+    def video_frames(self, path: str) -> VideoFrames:
+        """The video at `path` as a frame source: read and CLIP-encoded one window at a time."""
         vision, clip = self.cfg.vision, self.bundle.model.clip
-        frames = sample_frames(path, vision.fps, clip.image_size, duration_s, vision.max_frames)
-        return clip(frames).cpu()
+        return VideoFrames(path, vision.fps, clip.image_size, lambda frames: self.encode_frames(frames))
+
+    @torch.no_grad()
+    def _encode(self, frames: np.ndarray) -> torch.Tensor:
+        return self.bundle.model.clip(frames).cpu()
+
+    def plan_windows(self, request: GenerationRequest):
+        prompt = 0 if request.context is None else request.context.shape[0]
+        return windows_of(self.cfg, request.first_patch, request.n_patches, prompt)
 
     def make_request(
         self,
         video: str | None = None,
         prompt: str | None = None,
         params: GenerationParams = GenerationParams(),
-        frames: torch.Tensor | None = None,
+        frames: torch.Tensor | FrameSource | None = None,
         video_duration_s: float | None = None,
         request_id: str | None = None,
+        audio_prompt: AudioPrompt | None = None,
     ) -> GenerationRequest:
-        """Prepare a request from a video file (or precomputed frame features) and an optional prompt.
+        """Prepare a request from a video file (or precomputed frame features), an optional prompt and an
+        optional audio prompt.
 
-        The duration is `params.duration_s`, else the video's. Raises `MediaError`/`ValueError` on bad input.
+        The duration is `params.duration_s`, else the video's; with `--from` (`audio_prompt.from_s`) that is the
+        whole output's length (else the track's) and only what follows the kept part is new.
+        Raises `MediaError`/`ValueError` on bad input.
         """
         if video is not None:
             video_duration_s = probe_video(video).duration_s
+        context, first_patch = None, 0
+        if audio_prompt is not None:
+            context, first_patch = self.prompt_patches(audio_prompt)
+        if audio_prompt is not None and audio_prompt.from_s is not None:
+            # `--from`: the output is the whole track (or as long as the video); only its rest is new
+            kept_s = first_patch * self.cfg.patch_s
+            total = params.duration_s or video_duration_s or audio_prompt.seconds
+            if total <= kept_s:
+                raise ValueError(f"--from {kept_s:.2f} s leaves nothing to write (the end is {total:.2f} s)")
+            params = replace(params, duration_s=total - kept_s)
         duration = resolve_duration(params, video_duration_s, self.max_duration_s)
         if self.cfg.vision is not None and video is not None and frames is None:
-            check_frames(self.cfg, duration)
-            frames = self.encode_video(video, duration)
-        return build_request(self.cfg, self.tokenize(prompt), params, duration, frames, request_id)
+            frames = self.video_frames(video)
+        return build_request(
+            self.cfg, self.tokenize(prompt), params, duration, frames, request_id, context, first_patch
+        )
+
+    @torch.no_grad()
+    def prompt_patches(self, prompt: AudioPrompt) -> tuple[torch.Tensor, int]:
+        """An audio prompt's last patches (c, P, D), standardised, and the timeline patch where new music starts.
+
+        Only the end of the prompt matters (the first window's context), so only its last seconds are encoded;
+        they are cut on the patch grid counted back from the prompt's end, so new music follows with no gap.
+        """
+        vae, cfg = self.bundle.vae, self.cfg
+        per_patch = samples_per_patch(cfg)
+        audio = prompt.kept(per_patch)
+        whole = audio.shape[1] // per_patch  # of this (tail of the) prompt
+        if whole == 0:
+            raise ValueError(f"the audio prompt is shorter than one patch ({cfg.patch_s * 1000:.0f} ms)")
+        take = min(whole, cfg.context_patches + PROMPT_MARGIN_PATCHES)
+        clip = torch.from_numpy(audio[:, audio.shape[1] - take * per_patch :]).to(self.device)
+        latents = vae.encode(clip[None].to(next(vae.parameters()).dtype))  # (1, D, take * P)
+        frames = self.bundle.model.standardize(latents.float())[0]  # (take * P, D)
+        context = frames.reshape(take, cfg.patch_size, cfg.latent_dim)[-cfg.context_patches :].cpu()
+        first_patch = prompt.kept_patches(per_patch) if prompt.from_s is not None else 0
+        return context, first_patch
+
+    def request_info(self, request: GenerationRequest) -> RequestInfo:
+        lead = None
+        if request.context is not None:
+            lead = self.to_latents(request.context.reshape(-1, self.cfg.latent_dim)).numpy()
+        return RequestInfo(request.duration_s, request.n_patches, lead)
 
     # ---- the loop -----------------------------------------------------------------------------------
 
@@ -186,17 +253,46 @@ class Engine:
         if row is not None:
             self.runner.free([row])
 
+    def _open_windows(self, rows: list[int]) -> None:
+        """Prefill `rows` with their current window: text, the window's frames, the patches that open it."""
+        ready, conds = [], []
+        for row in rows:
+            state = self.scheduler.running[row]
+            try:
+                conds.append(self._window_conditions(state))
+                ready.append(row)
+            except MediaError as err:  # this row's video broke mid-way: it alone stops
+                self.failures.append(PatchOutput(state.request.request_id, state.produced, None, True, str(err)))
+                self.scheduler.release(row)
+                self.runner.free([row])
+        if not ready:
+            return
+        P, D = self.cfg.patch_size, self.cfg.latent_dim
+        states = [self.scheduler.running[row] for row in ready]
+        prev = torch.stack([s.recent[-1] if s.current.context else torch.zeros(P, D) for s in states])
+        cond = Conditions(*(list(part) for part in zip(*conds, strict=True)))
+        self.runner.open_windows(ready, cond, prev, [s.current.context for s in states])
+
+    def _window_conditions(self, state: RowState) -> tuple:
+        request, window = state.request, state.current
+        frames, offset = None, 0.0
+        if request.frames is not None:
+            end_s = request.first_patch * self.cfg.patch_s + request.duration_s
+            frames, offset = window_frames(self.cfg, request.frames, window, end_s)
+        context = torch.stack(list(state.recent)[-window.context :]) if window.context else None
+        return request.text_ids, frames, context, offset
+
     def begin_step(self) -> RefineBatch | None:
         """Admit waiting requests (prefill), then gather what refining every running row needs; None when idle."""
         admitted = self.scheduler.admit()
         if admitted:
-            self.runner.plan_first([row for row, _ in admitted], [req for _, req in admitted])
+            self._open_windows([row for row, _ in admitted])
         rows = self.scheduler.active_rows()
         if not rows:
             return None
         states = [self.scheduler.running[row] for row in rows]
         P, D = self.cfg.patch_size, self.cfg.latent_dim
-        noise = torch.stack([patch_noise(s.request.params.seed, s.produced, (P, D)) for s in states])
+        noise = torch.stack([patch_noise(s.request.params.seed, s.timeline_patch, (P, D)) for s in states])
         mu, prev = self.runner.pending(rows)
         return RefineBatch(
             rows=rows,
@@ -212,38 +308,54 @@ class Engine:
         return refine_batch(self.bundle.model, batch)
 
     def end_step(self, batch: RefineBatch, patches: torch.Tensor) -> list[PatchOutput]:
-        """Record each row's refined patch, plan the next one for rows that continue, release finished rows."""
+        """Record each row's refined patch; plan the next one for rows that continue in their window, prefill
+        the next window for rows that reach a window's end, release finished rows."""
         patches = patches.to(self.device)
-        rows = batch.rows
-        outputs, continuing, finished = [], [], []
-        for row, patch in zip(rows, patches, strict=True):
-            state = self.scheduler.record(row)
-            outputs.append(PatchOutput(state.request.request_id, state.produced - 1, patch.cpu(), state.finished))
-            (finished if state.finished else continuing).append(row)
+        outputs, continuing, reopening, finished = self.drain_failures(), [], [], []
+        for row, patch in zip(batch.rows, patches, strict=True):
+            state = self.scheduler.record(row, patch.cpu())
+            outputs.append(PatchOutput(state.request.request_id, state.produced - 1, state.recent[-1], state.finished))
+            if state.finished:
+                finished.append(row)
+            else:
+                (reopening if state.opens_window else continuing).append(row)
         if continuing:
-            self.runner.plan_next(continuing, patches[[rows.index(r) for r in continuing]])
+            self.runner.plan_next(continuing, patches[[batch.rows.index(r) for r in continuing]])
         for row in finished:
             self.scheduler.release(row)
         if finished:
             self.runner.free(finished)
+        if reopening:
+            self._open_windows(reopening)
         return outputs
+
+    def drain_failures(self) -> list[PatchOutput]:
+        failures, self.failures = self.failures, []
+        return failures
 
     def step(self) -> list[PatchOutput]:
         """One step of the loop with the in-process refiner: every running row gets one patch."""
         batch = self.begin_step()
-        return [] if batch is None else self.end_step(batch, self.refine(batch))
+        return self.drain_failures() if batch is None else self.end_step(batch, self.refine(batch))
 
     def stream(self, requests: list[GenerationRequest], progress: Progress | None = None) -> Iterator[PatchOutput]:
-        """Yield patches as they are produced, for all `requests` advancing together."""
+        """Yield patches as they are produced, for all `requests` advancing together. A request whose video
+        cannot be read mid-way raises `MediaError` (the others are aborted)."""
         for request in requests:
             self.add(request)
         total, done = sum(r.n_patches for r in requests), 0
-        while self.scheduler.has_work():
-            for output in self.step():
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-                yield output
+        try:
+            while self.scheduler.has_work():
+                for output in self.step():
+                    if output.error is not None:
+                        raise MediaError(output.error)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                    yield output
+        finally:
+            for request in requests:
+                self.abort(request.request_id)
 
     def generate_latents(
         self, requests: list[GenerationRequest], progress: Progress | None = None
@@ -258,16 +370,65 @@ class Engine:
         """(L, D) standardised frames -> (D, L) VAE latents on the CPU."""
         return self.bundle.model.destandardize(frames[None].to(self.device))[0].cpu()
 
-    def decode(self, frames: torch.Tensor, duration_s: float) -> tuple[torch.Tensor, np.ndarray]:
-        """(L, D) standardised frames -> (D, L) latents and (C, S) audio trimmed to `duration_s`."""
-        latents = self.to_latents(frames)
-        return latents, decode_latents(self.bundle.vae, latents, duration_s)
+    def clip_decoder(self, request: GenerationRequest) -> tuple[StreamingLatents, list]:
+        """The streaming decode of one request's new patches, and the decode windows ready before any patch.
+        With an audio prompt its last patches are decoded first and their audio dropped, so the new music
+        joins the prompt without a click or a gap."""
+        cfg = self.cfg
+        lead = 0 if request.context is None else request.context.shape[0]
+        clip = StreamingLatents(
+            cfg.vae,
+            (lead + request.n_patches) * cfg.patch_size,
+            round(request.duration_s * cfg.vae.sample_rate),
+            skip=lead * cfg.patch_size * self.bundle.vae.hop,
+        )
+        ready = clip.add(self.to_latents(request.context.reshape(-1, cfg.latent_dim)).numpy()) if lead else []
+        return clip, ready
+
+    def decode(self, frames: torch.Tensor, request: GenerationRequest) -> np.ndarray:
+        """(N * P, D) standardised frames of `request`'s new patches -> its (C, S) audio (after its prompt)."""
+        clip, ready = self.clip_decoder(request)
+        ready += clip.add(self.to_latents(frames).numpy())
+        return np.concatenate([clip.emit(w, decode_window_array(self.bundle.vae, x, w)) for w, x in ready], axis=1)
+
+    def stream_audio(
+        self,
+        requests: list[GenerationRequest],
+        progress: Progress | None = None,
+        on_patch: Callable[[PatchOutput], None] | None = None,
+        patches: Iterator[PatchOutput] | None = None,
+    ) -> Iterator[tuple[str, np.ndarray]]:
+        """(request id, (C, S) audio) as soon as each decode window of each request is complete: memory holds
+        a few windows per request whatever the length. Concatenated per request: `generate`'s audio.
+        `patches` replaces the engine's own stream of them (cut-aware generation, model/engine/align.py)."""
+        vae = self.bundle.vae
+        decoders = {r.request_id: self.clip_decoder(r) for r in requests}
+        for r in requests:
+            clip, ready = decoders[r.request_id]
+            for window, latents in ready:
+                yield r.request_id, clip.emit(window, decode_window_array(vae, latents, window))
+        for output in self.stream(requests, progress) if patches is None else patches:
+            if on_patch is not None:
+                on_patch(output)
+            clip, _ = decoders[output.request_id]
+            for window, latents in clip.add(self.to_latents(output.patch).numpy()):
+                yield output.request_id, clip.emit(window, decode_window_array(vae, latents, window))
 
     def generate(self, requests: list[GenerationRequest], progress: Progress | None = None) -> list[GenerationResult]:
         """Generate and decode whole clips; results in the order of `requests`."""
-        latents = self.generate_latents(requests, progress)
-        results = []
-        for r in requests:
-            lat, audio = self.decode(latents[r.request_id], r.duration_s)
-            results.append(GenerationResult(r.request_id, lat, audio, self.bundle.vae.sample_rate, r.duration_s))
-        return results
+        patches: dict[str, list[torch.Tensor]] = {r.request_id: [] for r in requests}
+        audio: dict[str, list[np.ndarray]] = {r.request_id: [] for r in requests}
+        collect = lambda output: patches[output.request_id].append(output.patch)  # noqa: E731
+        for request_id, chunk in self.stream_audio(requests, progress, on_patch=collect):
+            audio[request_id].append(chunk)
+        rate = self.bundle.vae.sample_rate
+        return [
+            GenerationResult(
+                r.request_id,
+                self.to_latents(torch.cat(patches[r.request_id])),
+                np.concatenate(audio[r.request_id], axis=1),
+                rate,
+                r.duration_s,
+            )
+            for r in requests
+        ]

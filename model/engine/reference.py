@@ -1,7 +1,8 @@
-"""The naive reference generator: recompute the whole sequence for every patch, no KV cache.
+"""The naive reference generator: recompute the whole window's sequence for every patch, no KV cache.
 
-It plans with `VideoRobin.plan_sequence` (the training path) and refines with the engine's own sampler,
-so agreement with the engine shows that the cache, the shift by one patch and the training path agree.
+It plans with `VideoRobin.plan_sequence` (the training path, teacher-forcing a window's context patches and
+the patches written so far) and refines with the engine's own sampler, so agreement with the engine shows
+that the cache, the shift by one patch, the window prefills and the training path agree.
 Used by the tests and by `benchmarks/engine.py`; too slow to serve.
 """
 
@@ -11,6 +12,7 @@ import torch
 
 from model.engine.request import GenerationRequest
 from model.engine.runner import patch_noise, refine_patches
+from model.engine.windows import window_frames, windows_of
 from model.videorobin import Conditions, VideoRobin
 
 
@@ -24,15 +26,28 @@ def generate_by_recompute(
     the work a cached step replaces, for benchmarking.
     """
     cfg, device = model.cfg, model.audio_start.device
-    P, D, N = cfg.patch_size, cfg.latent_dim, request.n_patches
-    cond = Conditions([request.text_ids], [request.frames])
-    patches = torch.zeros(1, N, P, D, device=device)
-    for i in range(N):
-        mu = model.plan_sequence(cond, patches[:, : i + 1], torch.tensor([i + 1], device=device))[:, i]
-        if plan_only:
-            patches[0, i] = teacher[i]
-            continue
-        prev = patches[:, i - 1] if i > 0 else torch.zeros(1, P, D, device=device)
-        noise = patch_noise(request.params.seed, i, (P, D))[None].to(device)
-        patches[:, i] = refine_patches(model, mu, prev, noise, request.params.steps, request.params.guidance)
-    return patches[0].reshape(N * P, D)
+    P, D = cfg.patch_size, cfg.latent_dim
+    prompt = request.context if request.context is not None else torch.zeros(0, P, D)
+    written = [p.to(device) for p in prompt]  # the prompt's patches, then every new one
+    end_s = request.first_patch * cfg.patch_s + request.duration_s
+    produced = 0
+    for window in windows_of(cfg, request.first_patch, request.n_patches, prompt.shape[0]):
+        frames, offset = None, 0.0
+        if request.frames is not None:
+            frames, offset = window_frames(cfg, request.frames, window, end_s)
+        cond = Conditions([request.text_ids], [frames], frame_offset_s=[offset])
+        patches = written[len(written) - window.context :] if window.context else []
+        for _ in range(window.new):
+            i = len(patches)
+            seq = torch.stack(patches + [torch.zeros(P, D, device=device)])[None]  # (1, i + 1, P, D)
+            mu = model.plan_sequence(cond, seq, torch.tensor([i + 1], device=device))[:, i]
+            if plan_only:
+                patch = teacher[produced].to(device)
+            else:
+                prev = patches[-1][None] if patches else torch.zeros(1, P, D, device=device)
+                noise = patch_noise(request.params.seed, request.first_patch + produced, (P, D))[None].to(device)
+                patch = refine_patches(model, mu, prev, noise, request.params.steps, request.params.guidance)[0]
+            patches.append(patch)
+            written.append(patch)
+            produced += 1
+    return torch.stack(written[prompt.shape[0] :]).reshape(request.n_patches * P, D)

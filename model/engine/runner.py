@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from model.cache import Rows
-from model.engine.request import GenerationRequest
 from model.flow import euler_sample
 from model.videorobin import Conditions, VideoRobin
 
@@ -42,18 +41,14 @@ class Runner:
         self.planned = torch.zeros(capacity, dtype=torch.long, device=self.device)  # number of the pending patch
 
     @torch.no_grad()
-    def plan_first(self, rows: list[int], requests: list[GenerationRequest]) -> None:
-        """Prefill new rows' prefixes and plan their first patch."""
-        for r in requests:
-            if r.prefix_len + r.n_patches > self.max_len:
-                raise ValueError(
-                    f"request {r.request_id}: {r.prefix_len + r.n_patches} positions exceed {self.max_len}"
-                )
+    def open_windows(self, rows: list[int], cond: Conditions, prev: torch.Tensor, planned: list[int]) -> None:
+        """Prefill rows with a window's prefix (text, its frames, the context patches) and plan the patch after
+        it. `prev` (B, P, D) is each row's last context patch (zeros without one), `planned` the pending
+        patch's number within the window."""
         idx = Rows.of(rows, self.device)
-        cond = Conditions([r.text_ids for r in requests], [r.frames for r in requests])
         self.mu[idx.index] = self.model.prefill(cond, self.caches, idx)
-        self.prev[idx.index] = 0.0
-        self.planned[idx.index] = 0
+        self.prev[idx.index] = prev.to(self.device)
+        self.planned[idx.index] = torch.tensor(planned, device=self.device)
 
     def pending(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows' pending plans (B, Hd) and previous patches (B, P, D): what refining them needs."""

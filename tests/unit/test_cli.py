@@ -61,7 +61,18 @@ BAD = {
     "steps < 1": (["--video", "{good}", "--steps", "0"], "steps must be at least 1"),
     "cfg < 0": (["--video", "{good}", "--cfg", "-1"], "guidance (cfg) must be >= 0"),
     "bad output name": (["--video", "{good}", "--out", "{tmp}/x.mp3"], "must end in .wav or .flac"),
-    "neither video nor prompt": (["--duration", "2"], "give --video, or --prompt and --duration"),
+    "neither video nor prompt": (["--duration", "2"], "give --video, or --prompt / --audio-prompt and --duration"),
+    "audio prompt not audio": (["--video", "{good}", "--audio-prompt", "{bad}/notes.txt"], "not an audio file"),
+    "audio prompt too long": (
+        ["--video", "{good}", "--audio-prompt", "{bad}/audio_only.m4a", "--max-duration", "0.5"],
+        "audio longer than the limit of 0.5 s",
+    ),
+    "--from beyond the track": (
+        ["--audio-prompt", "{bad}/audio_only.m4a", "--from", "9"],
+        "--from 9 s is outside the track (0 to 1.0",
+    ),
+    "--include-prompt alone": (["--video", "{good}", "--include-prompt"], "need --audio-prompt"),
+    "--align-cuts without video": (["--prompt", "x", "--duration", "1", "--align-cuts", "2"], "needs --video"),
     "prompt without duration": (["--prompt", "calm harp, 60 BPM"], "--duration says how many seconds"),
     "prompt-only with --mux": (["--prompt", "calm", "--duration", "2", "--mux", "{tmp}/x.mp4"], "--mux needs --video"),
 }
@@ -126,3 +137,35 @@ def test_a_prompt_alone_makes_music_of_the_asked_length(tmp_path):
     assert result.returncode == 0, result.stderr
     info = sf.info(str(out))
     assert (info.samplerate, info.channels) == (48000, 2) and abs(info.duration - 2.4) <= HOP_S
+
+
+def _tone(path, seconds, rate):
+    import numpy as np
+
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(str(path), 0.4 * np.sin(2 * np.pi * 220 * t), rate)
+
+
+def test_continuation_follows_its_prompt_with_no_gap_and_from_rewrites_the_rest(tmp_path):
+    """A 44.1 kHz mono prompt is resampled; --include-prompt puts it first, then the new music at once."""
+    import numpy as np
+
+    prompt = tmp_path / "prompt.wav"
+    _tone(prompt, 2.0, 44100)
+    both, track = tmp_path / "both.wav", tmp_path / "track.wav"
+    args = ["--preset", "tiny", "--steps", "2", "--prompt", "more"]
+    result = videorobin(
+        "generate", *args, "--audio-prompt", str(prompt), "--duration", "1.5", "--include-prompt", "--out", str(both)
+    )
+    assert result.returncode == 0, result.stderr
+    audio, rate = sf.read(str(both), always_2d=True)
+    assert rate == 48000 and audio.shape == (round(3.5 * 48000), 2)
+    seam = np.abs(audio[96000 : 96000 + 480]).max(axis=1)  # the first 10 ms after the prompt
+    assert seam.max() > 0
+    result = videorobin("generate", *args, "--audio-prompt", str(both), "--from", "1.0", "--out", str(track))
+    assert result.returncode == 0, result.stderr
+    rewritten, _ = sf.read(str(track), always_2d=True)
+    assert rewritten.shape == audio.shape  # the whole track, as long as before
+    kept = 6 * 7680  # --from 1.0 s keeps 6 whole patches (0.96 s)
+    assert np.allclose(rewritten[:kept], audio[:kept], atol=1 / 32767)
+    assert not np.allclose(rewritten[kept:], audio[kept:], atol=1e-2)

@@ -3,6 +3,7 @@ import torch
 
 from model.engine import Engine, GenerationParams
 from model.engine.reference import generate_by_recompute
+from model.engine.windows import window_frames
 
 
 def _requests(engine, feature_dim):
@@ -21,7 +22,7 @@ def _requests(engine, feature_dim):
 def test_cached_batched_generation_equals_naive_recompute(tiny_bundle, tiny_cfg):
     engine = Engine(tiny_bundle, max_batch=3)
     requests = _requests(engine, tiny_cfg.vision.feature_dim)
-    assert len({r.n_patches for r in requests}) == 3 and len({r.prefix_len for r in requests}) == 3
+    assert len({r.n_patches for r in requests}) == 3
     out = engine.generate_latents(requests)
     for r in requests:
         reference = generate_by_recompute(tiny_bundle.model, r)
@@ -141,7 +142,9 @@ def test_generate_returns_stereo_48k_trimmed_to_duration(tiny_bundle, videos):
     assert result.sample_rate == 48000
     assert result.audio.shape == (2, round(request.duration_s * 48000))
     assert abs(request.duration_s - 2.2) < 0.05
-    assert request.frames.shape[0] == 11  # ceil(2.2 s x 5 fps)
+    (window,) = engine.plan_windows(request)
+    frames, offset = window_frames(engine.cfg, request.frames, window, request.duration_s)
+    assert frames.shape == (11, engine.cfg.vision.feature_dim) and offset == 0  # ceil(2.2 s x 5 fps)
 
 
 @pytest.mark.parametrize(
@@ -165,10 +168,9 @@ def test_overlong_prompt_and_duration_are_refused(tiny_bundle, tiny_cfg):
         engine.make_request(params=GenerationParams(duration_s=6.0))
 
 
-def test_a_video_needing_more_frames_than_the_model_takes_is_refused(videos):
+def test_a_model_whose_window_holds_more_frames_than_it_takes_is_refused():
     from model.build import build_bundle
     from model.config import load_config
 
-    engine = Engine(build_bundle(load_config("tiny", ["vision.max_frames=4"])))
-    with pytest.raises(ValueError, match="at most 4"):
-        engine.make_request(video=videos["mid"])  # 2.2 s at 5 fps = 11 frames
+    with pytest.raises(ValueError, match="max_frames"):  # a 10 s window at 5 fps is 51 frames
+        Engine(build_bundle(load_config("tiny", ["vision.max_frames=4"])))
