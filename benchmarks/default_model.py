@@ -38,7 +38,7 @@ def time_batch(engine: Engine, video: str, batch: int, repeats: int) -> dict:
         latents = engine.generate_latents(requests)
         mid = time.perf_counter()
         for r in requests:
-            engine.decode(latents[r.request_id], r.duration_s)
+            engine.decode(latents[r.request_id], r)
         return mid - started, time.perf_counter() - mid
 
     once(0)  # warm-up: allocator, kernels, caches

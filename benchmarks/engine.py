@@ -105,7 +105,7 @@ def bench_paper(device: torch.device, repeats: int) -> dict:
         }
     )
     frames = generated[request.request_id]
-    decode = _median_time(lambda: engine.decode(frames, CLIP_S), device, 1)
+    decode = _median_time(lambda: engine.decode(frames, request), device, 1)
     _emit(
         {
             "measure": "paper_clip_10s_batch1",

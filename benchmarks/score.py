@@ -82,14 +82,13 @@ def main() -> None:
         checkpoint = os.path.join(root, "ckpt")
         save_bundle(build_bundle(load_config(args.preset)), checkpoint)
         ray.init(num_cpus=os.cpu_count() * 2, include_dashboard=False, log_to_driver=False)
-        # GPU stages share one device: fractions, so all three actor pools fit on it.
+        # GPU stages share one device: fractions, so both actor pools fit on it.
         cfg = ScoreConfig(
             catalogue=catalogue,
             out=os.path.join(root, "scored"),
             checkpoint=checkpoint,
             steps=args.steps,
             generate_batch=args.batch,
-            encode_gpus=gpus / 4,
             generate_gpus=gpus / 2,
             decode_gpus=gpus / 4,
         )

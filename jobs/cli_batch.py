@@ -72,7 +72,7 @@ def add_parsers(sub) -> None:
     score.add_argument("--address", help="Ray cluster address (default: start a local one)")
     score.add_argument("--skip-failed", action="store_true", help="on a rerun, do not retry failed rows")
     add_model_args(score)
-    add_pool_args(score, (("encode", 8), ("generate", 8), ("decode", 4)))
+    add_pool_args(score, (("generate", 8), ("decode", 4)))
     score.add_argument("--probe-cpus", type=float, default=0.25, help="CPUs per probe/write task")
     score.add_argument("--probe-tasks", type=int, default=4, help="concurrent probe/write tasks")
     score.add_argument("--rows-per-block", type=int, default=4, help="rows per block: the unit of resume")

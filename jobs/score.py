@@ -1,10 +1,10 @@
 """`videorobin score`: soundtracks for a whole video catalogue, as a resumable Ray Data job.
 
-    catalogue rows -> probe + sample frames (CPU tasks) -> CLIP features (actor pool)
-      -> generation (actor pool, the batched engine) -> VAE decode (actor pool) -> write (CPU tasks)
+    catalogue rows -> probe (CPU tasks) -> generation (actor pool, the batched engine; each video's frames are
+      read and CLIP-encoded window by window) -> VAE decode (actor pool) -> write (CPU tasks)
 
 Every stage passes failed rows through untouched, so a bad video becomes a `failed` manifest row and the
-job goes on. Output under `--out`:
+job goes on (a video that breaks mid-way fails alone: the engine stops its row only). Output under `--out`:
 
     audio/<id>.wav|flac    the soundtrack (48 kHz stereo, the video's duration)
     mp4/<id>.mp4           the video with the soundtrack muxed in (with --mux)
@@ -23,6 +23,7 @@ import math
 import os
 import time
 import uuid
+from contextlib import ExitStack
 
 import fsspec
 import numpy as np
@@ -33,11 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from jobs.catalogue import read_catalogue, read_manifests, write_manifest
 from jobs.metrics import record_stage
 from jobs.ray_session import connect
-from jobs.score_tasks import error_text, probe_and_sample, write_outputs
-from model.checkpoint import checkpoint_id, load_bundle, load_clip, load_vae_from_checkpoint, read_config
+from jobs.score_tasks import error_text, probe, write_outputs
+from model.checkpoint import checkpoint_id, load_bundle, load_vae_from_checkpoint, read_config
 from model.engine import Engine, GenerationParams
 from model.engine.engine import decode_latents
-from model.io import glob_uris, uri_exists, uri_join
+from model.io import glob_uris, local_copy, uri_exists, uri_join
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +60,6 @@ class ScoreConfig(BaseModel):
     rows_per_block: int = Field(default=4, ge=1)  # resume granularity: a block is the unit Ray Data commits
     probe_cpus: float = Field(default=0.25, gt=0)
     probe_tasks: int = Field(default=4, ge=1)  # concurrent probe/write tasks (each decodes one video)
-    encode_actors: int = Field(default=1, ge=1)
-    encode_batch: int = Field(default=8, ge=1)
-    encode_gpus: float = Field(default=0.0, ge=0)
     generate_actors: int = Field(default=1, ge=1)
     generate_batch: int = Field(default=8, ge=1)
     generate_gpus: float = Field(default=0.0, ge=0)
@@ -96,32 +94,9 @@ def _writable(batch: dict) -> dict:
     return batch
 
 
-class EncodeFrames:
-    """CLIP over the sampled frames of a batch of videos (frozen tower only, loaded once per actor)."""
-
-    def __init__(self, checkpoint: str, gpus: float) -> None:
-        self.device = _device(gpus)
-        self.clip = load_clip(checkpoint, self.device) if read_config(checkpoint).vision is not None else None
-
-    def __call__(self, batch: dict) -> dict:
-        start = time.perf_counter()
-        ok = _ok_rows(batch)
-        features = [np.zeros((0, 0), np.float32) for _ in batch["id"]]
-        if self.clip is not None and ok:
-            frames = [np.asarray(batch["frames"][i]) for i in ok]
-            encoded = self.clip(np.concatenate(frames)).numpy()  # one CLIP call for the whole batch
-            for i, chunk in zip(ok, np.split(encoded, np.cumsum([len(f) for f in frames])[:-1]), strict=True):
-                features[i] = chunk
-        batch["features"] = np.array(features + [None], dtype=object)[:-1]
-        del batch["frames"]
-        seconds = time.perf_counter() - start
-        batch["encode_s"] = _stage_seconds(batch, ok, seconds)
-        record_stage("encode", [batch["status"][i] for i in ok], seconds)
-        return batch
-
-
 class GenerateLatents:
-    """The batched engine: videos of different lengths advance together, one request per row."""
+    """The batched engine: videos of different lengths advance together, one request per row, each video read
+    window by window from its file (a local copy for remote URIs, kept while the batch runs)."""
 
     def __init__(
         self,
@@ -142,28 +117,31 @@ class GenerateLatents:
         batch = _writable(batch)
         latents = [np.zeros((0, 0), np.float32) for _ in batch["id"]]
         requests = {}
-        for i in _ok_rows(batch):
-            try:
-                feats = batch["features"][i]
-                params = GenerationParams(
-                    seed=int(batch["seed"][i]),
-                    duration_s=float(batch["duration_s"][i]),
-                    steps=self.steps,
-                    guidance=self.guidance,
-                )
-                requests[i] = self.engine.make_request(
-                    prompt=batch["prompt"][i],
-                    params=params,
-                    request_id=str(batch["id"][i]),
-                    frames=torch.from_numpy(np.asarray(feats)) if len(feats) else None,
-                )
-            except ValueError as err:
-                _fail_in_batch(batch, i, "generate", err)
-        frames = self.engine.generate_latents(list(requests.values())) if requests else {}
-        for i, request in requests.items():
+        with ExitStack() as files:
+            for i in _ok_rows(batch):
+                try:
+                    video = str(batch["video"][i])
+                    path = files.enter_context(local_copy(video, suffix=os.path.splitext(video)[1]))
+                    params = GenerationParams(
+                        seed=int(batch["seed"][i]),
+                        duration_s=float(batch["duration_s"][i]),
+                        steps=self.steps,
+                        guidance=self.guidance,
+                    )
+                    requests[i] = self.engine.make_request(
+                        video=path, prompt=batch["prompt"][i], params=params, request_id=str(batch["id"][i])
+                    )
+                except (ValueError, OSError) as err:
+                    _fail_in_batch(batch, i, "generate", err)
+            errors: dict[str, str] = {}
+            frames = self.engine.generate_latents(list(requests.values()), errors=errors) if requests else {}
+        for i, request in list(requests.items()):
+            if request.request_id in errors:
+                _fail_in_batch(batch, i, "generate", ValueError(errors.pop(request.request_id)))
+                del requests[i]
+                continue
             latents[i] = self.engine.to_latents(frames[request.request_id]).numpy()
         batch["latents"] = np.array(latents + [None], dtype=object)[:-1]
-        del batch["features"]
         seconds = time.perf_counter() - start
         batch["generate_s"] = _stage_seconds(batch, list(requests), seconds)
         record_stage("generate", [batch["status"][i] for i in requests], seconds)
@@ -235,20 +213,16 @@ def build_pipeline(cfg: ScoreConfig, rows: list[dict], model_id: str) -> ray.dat
     tasks = ray.data.TaskPoolStrategy(size=cfg.probe_tasks)  # each probe decodes a video: bound them
     ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / cfg.rows_per_block)))
     ds = ds.map(
-        probe_and_sample,
+        probe,
         num_cpus=cfg.probe_cpus,
         compute=tasks,
         fn_kwargs={
             "fps": vision.fps if vision is not None else 0.0,
             "image_size": image_size,
-            "max_frames": vision.max_frames if vision is not None else 0,
             "max_duration_s": cfg.max_duration_s,
         },
     )
     ckpt = cfg.checkpoint
-    ds = _actor_stage(
-        ds, EncodeFrames, cfg.encode_batch, cfg.encode_actors, cfg.encode_gpus, cfg.actor_cpus, checkpoint=ckpt
-    )
     ds = _actor_stage(
         ds,
         GenerateLatents,

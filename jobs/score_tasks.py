@@ -1,4 +1,4 @@
-"""The CPU-task stages of `videorobin score`: probe + sample frames, and write outputs.
+"""The CPU-task stages of `videorobin score`: probe, and write outputs.
 
 Kept free of torch and the model so the many short-lived task workers start quickly.
 """
@@ -18,7 +18,7 @@ from model.io import is_local_uri, local_copy, uri_join, write_bytes_atomic
 from model.media import MediaError, mux, probe_video, sample_frames, write_audio
 
 MEDIA_ERRORS = (MediaError, ValueError, OSError)
-HEAVY = ("frames", "features", "latents", "audio")  # per-row arrays that never reach the manifest
+HEAVY = ("latents", "audio")  # per-row arrays that never reach the manifest
 
 
 def error_text(stage: str, err: BaseException) -> str:
@@ -31,10 +31,11 @@ def _fail(row: dict, stage: str, err: BaseException) -> dict:
     return row
 
 
-def probe_and_sample(row: dict, fps: float, image_size: int, max_frames: int, max_duration_s: float) -> dict:
-    """Read the video header and the frames the model will see; a bad video becomes a failed row."""
+def probe(row: dict, fps: float, image_size: int, max_duration_s: float) -> dict:
+    """Read the video header and its first frame (the rest is read window by window while the music is
+    written); a bad video becomes a failed row."""
     start = time.perf_counter()
-    row |= {"status": "ok", "error": "", "frames": np.zeros((0, image_size, image_size, 3), np.uint8)}
+    row |= {"status": "ok", "error": ""}
     try:
         with local_copy(row["video"], suffix=os.path.splitext(row["video"])[1]) as path:
             info = probe_video(path)
@@ -43,7 +44,7 @@ def probe_and_sample(row: dict, fps: float, image_size: int, max_frames: int, ma
                 raise MediaError(f"{duration:.1f} s is longer than the limit of {max_duration_s:.0f} s")
             row["duration_s"] = float(duration)
             if fps > 0:
-                row["frames"] = sample_frames(path, fps, image_size, duration, max_frames)
+                sample_frames(path, fps, image_size, 1 / fps, 1)
     except MEDIA_ERRORS as err:
         row["duration_s"] = float("nan")
         _fail(row, "probe", err)

@@ -338,17 +338,26 @@ class Engine:
         batch = self.begin_step()
         return self.drain_failures() if batch is None else self.end_step(batch, self.refine(batch))
 
-    def stream(self, requests: list[GenerationRequest], progress: Progress | None = None) -> Iterator[PatchOutput]:
+    def stream(
+        self,
+        requests: list[GenerationRequest],
+        progress: Progress | None = None,
+        errors: dict[str, str] | None = None,
+    ) -> Iterator[PatchOutput]:
         """Yield patches as they are produced, for all `requests` advancing together. A request whose video
-        cannot be read mid-way raises `MediaError` (the others are aborted)."""
+        cannot be read mid-way stops: its reason goes into `errors` and the others go on, or without
+        `errors` it raises `MediaError` (and the others are aborted)."""
         for request in requests:
             self.add(request)
         total, done = sum(r.n_patches for r in requests), 0
         try:
             while self.scheduler.has_work():
                 for output in self.step():
-                    if output.error is not None:
+                    if output.error is not None and errors is None:
                         raise MediaError(output.error)
+                    if output.error is not None:
+                        errors[output.request_id] = output.error
+                        continue
                     done += 1
                     if progress is not None:
                         progress(done, total)
@@ -358,13 +367,17 @@ class Engine:
                 self.abort(request.request_id)
 
     def generate_latents(
-        self, requests: list[GenerationRequest], progress: Progress | None = None
+        self,
+        requests: list[GenerationRequest],
+        progress: Progress | None = None,
+        errors: dict[str, str] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Whole clips: request id -> (N * P, D) standardised latent frames."""
+        """Whole clips: request id -> (N * P, D) standardised latent frames (see `stream` for `errors`)."""
         patches: dict[str, list[torch.Tensor]] = {r.request_id: [] for r in requests}
-        for output in self.stream(requests, progress):
+        for output in self.stream(requests, progress, errors):
             patches[output.request_id].append(output.patch)
-        return {rid: torch.cat(p) for rid, p in patches.items()}
+        failed = errors or {}
+        return {rid: torch.cat(p) for rid, p in patches.items() if rid not in failed}
 
     def to_latents(self, frames: torch.Tensor) -> torch.Tensor:
         """(L, D) standardised frames -> (D, L) VAE latents on the CPU."""

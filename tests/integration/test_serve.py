@@ -46,8 +46,14 @@ def media(tmp_path_factory):
         write_sample_video(str(videos / f"{name}.mp4"), duration_s=seconds, size=96)
     (videos / "huge.bin").write_bytes(np.random.default_rng(0).bytes(3_500_000))
     bad = write_bad_inputs(root, str(videos / "short.mp4"))
-    # small decode windows so a 10 s clip streams in several pieces
-    save_bundle(build_bundle(load_config("tiny", ["vae.chunk_latents=32"])), str(root / "ckpt"))
+    # small decode windows so a 10 s clip streams in several pieces; 2 s generation windows so it is written
+    # in seven of them (the 3 s clip in two) and every request here crosses window boundaries
+    overrides = ["vae.chunk_latents=32", "window.window_s=2.0", "window.context_s=0.64"]
+    save_bundle(build_bundle(load_config("tiny", overrides)), str(root / "ckpt"))
+    t = np.arange(int(2.5 * 44100)) / 44100  # an audio prompt at another sample rate: resampled
+    sf.write(str(root / "prompt.wav"), 0.4 * np.sin(2 * np.pi * 220 * t), 44100)
+    t = np.arange(6 * 48000) / 48000
+    sf.write(str(root / "six_s.wav"), 0.2 * np.sin(2 * np.pi * 330 * t), 48000)
     return root, videos, bad
 
 
@@ -59,7 +65,13 @@ def _config(root, videos, limits: dict | None = None, **extra) -> ServeConfig:
         batch_wait_s=0.02,
         refine_retry_s=60.0,
         deployments={"refiner": {"health_check_period_s": 1.0, "ray_actor_options": {"num_cpus": 0.25}}},
-        limits={"max_upload_bytes": 3_000_000, "max_video_s": 12.0, "request_timeout_s": 90.0, **(limits or {})},
+        limits={
+            "max_upload_bytes": 3_000_000,
+            "max_video_s": 12.0,
+            "max_audio_s": 5.0,
+            "request_timeout_s": 90.0,
+            **(limits or {}),
+        },
         **extra,
     )
 
@@ -84,9 +96,11 @@ def server(media, ray_address):
     ray.shutdown()
 
 
-def _post(client, video, route="/v1/soundtracks", headers=AUTH, **fields):
+def _post(client, video, route="/v1/soundtracks", headers=AUTH, audio=None, **fields):
     with open(video, "rb") as f:
         files = {"video": (str(video).rsplit("/", 1)[-1], f, "video/mp4")}
+        if audio is not None:
+            files["audio"] = (str(audio).rsplit("/", 1)[-1], open(audio, "rb"), "audio/wav")  # noqa: SIM115
         return client.post(route, files=files, data={k: str(v) for k, v in fields.items()}, headers=headers)
 
 
@@ -153,6 +167,51 @@ def test_the_same_seed_gives_the_engines_audio_in_both_modes(server, media):
     assert served.shape == expected.shape
     assert np.abs(served - expected).max() <= PCM16_TOLERANCE  # 16-bit rounding only
     assert np.abs(_wav(fused.content)[0] - expected).max() <= PCM16_TOLERANCE
+
+
+def test_an_audio_prompt_is_continued_as_the_engine_continues_it(server, media):
+    """`audio` + include_prompt: the prompt (resampled from 44.1 kHz), then the new music for the whole video,
+    equal to the engine's continuation with the same seed; `from` rewrites a track after the kept part."""
+    from model.engine.request import AudioPrompt
+    from model.media import read_audio
+
+    root, videos, _ = media
+    fields = {"prompt": "lo-fi piano", "seed": 5, "steps": 4}
+    response = _post(server, videos / "short.mp4", audio=root / "prompt.wav", include_prompt="true", **fields)
+    assert response.status_code == 200, response.text
+    served, _ = _wav(response.content)
+    assert served.shape == (2, round(2.5 * 48000) + 3 * 48000)
+    engine = Engine(load_bundle(str(root / "ckpt")), max_batch=1)
+    prompt = AudioPrompt(read_audio(str(root / "prompt.wav"), 48000), 48000)
+    request = engine.make_request(
+        str(videos / "short.mp4"), "lo-fi piano", GenerationParams(seed=5, steps=4), audio_prompt=prompt
+    )
+    (result,) = engine.generate([request])
+    expected = np.clip(np.concatenate([prompt.audio, result.audio], axis=1), -1, 1)
+    assert np.abs(served - expected).max() <= PCM16_TOLERANCE
+    track = root / "served_track.wav"
+    sf.write(str(track), served[:, : round(4.5 * 48000)].T, 48000)  # under the server's 5 s audio limit
+    rewritten = _post(server, videos / "short.mp4", audio=track, **{"from": 1.5}, **fields)
+    assert rewritten.status_code == 200, rewritten.text
+    audio, _ = _wav(rewritten.content)
+    kept = 9 * 7680  # 1.5 s -> 9 whole patches of 0.16 s
+    assert audio.shape == (2, 3 * 48000)  # as long as the video
+    assert np.abs(audio[:, :kept] - served[:, :kept]).max() <= PCM16_TOLERANCE
+
+
+BAD_AUDIO = [
+    ("notes.txt", {}, 415, "unsupported_media_type"),
+    ("six_s.wav", {}, 422, "audio_too_long"),
+    ("prompt.wav", {"from": 9.0}, 422, "invalid_parameter"),
+    (None, {"include_prompt": "true"}, 422, "invalid_parameter"),
+]
+
+
+@pytest.mark.parametrize(("audio", "fields", "status", "code"), BAD_AUDIO)
+def test_bad_audio_prompts_are_refused_with_their_code(server, media, audio, fields, status, code):
+    root, videos, _ = media
+    response = _post(server, videos / "short.mp4", audio=root / audio if audio else None, **fields)
+    assert (response.status_code, response.json()["code"]) == (status, code), response.text
 
 
 def _scrape(metrics_port: int) -> str:
