@@ -78,9 +78,12 @@ def _model_args(args) -> list[str]:
 
 
 def run_generate(video: str, out: str, args) -> dict:
+    """The CLI; with --cli-threads 1 its float sums run in the order of the Ray actors' (one intra-op thread
+    each), which is what bit-equality of the three paths needs (the AR loop amplifies 1-ulp differences)."""
     command = _cli("generate", "--video", video, "--prompt", PROMPT, "--seed", str(SEED), "--out", out)
+    env = {**ENV, **({"OMP_NUM_THREADS": str(args.cli_threads)} if args.cli_threads else {})}
     started = time.perf_counter()
-    proc = subprocess.Popen(command + _model_args(args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command + _model_args(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     memory = PeakMemory(proc.pid)
     _, err = proc.communicate()
     if proc.returncode:
@@ -120,9 +123,8 @@ class Server:
             yaml.safe_dump(config, f)
         self.port = _free_port()
         command = _cli("serve", "--config", path, "--port", str(self.port))
-        if not args.checkpoint:
-            command = _cli("serve", "--config", path, "--port", str(self.port))
-        self.proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.log = open(os.path.join(root, "serve.log"), "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(command, env=ENV, stdout=self.log, stderr=subprocess.STDOUT)
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=7200)
         deadline = time.time() + 600
         while True:
@@ -179,7 +181,8 @@ def main() -> None:
     parser.add_argument("--short-minutes", type=float, default=1.0)
     parser.add_argument("--checkpoint", help="default: the shipped model")
     parser.add_argument("--steps", type=int, help="Euler steps per patch (default: the model's)")
-    parser.add_argument("--keep", help="keep the outputs in this directory")
+    parser.add_argument("--keep", help="keep the outputs (and partial results, to resume) in this directory")
+    parser.add_argument("--cli-threads", type=int, help="intra-op threads of the CLI (default: torch's own)")
     args = parser.parse_args()
     root = args.keep or tempfile.mkdtemp(prefix="videorobin-long-")
     os.makedirs(root, exist_ok=True)
@@ -187,18 +190,27 @@ def main() -> None:
     videos = {}
     for name, seconds in lengths.items():
         videos[name] = os.path.join(root, f"{name}.mp4")
-        write_beat_video(videos[name], seconds, beat_s=60 / 96, beats_per_bar=4, fps=25, size=64)
-    results: dict[str, dict] = {}
+        if not os.path.exists(videos[name]):
+            write_beat_video(videos[name], seconds, beat_s=60 / 96, beats_per_bar=4, fps=25, size=64)
+    saved = os.path.join(root, "results.json")  # a rerun with the same --keep goes on where it stopped
+    results: dict[str, dict] = json.load(open(saved)) if os.path.exists(saved) else {}  # noqa: SIM115
+
+    def record(path: str, name: str, result: dict) -> None:
+        results[f"{path}_{name}"] = result
+        with open(saved, "w") as f:
+            json.dump(results, f)
+        print(json.dumps({"path": path, "video": name, **result}), flush=True)
+
     for name, video in videos.items():
-        results[f"generate_{name}"] = run_generate(video, os.path.join(root, f"generate_{name}.wav"), args)
-        print(json.dumps({"path": "generate", "video": name, **results[f"generate_{name}"]}), flush=True)
-        results[f"score_{name}"] = run_score(video, os.path.join(root, f"score_{name}"), args)
-        print(json.dumps({"path": "score", "video": name, **results[f"score_{name}"]}), flush=True)
+        if f"generate_{name}" not in results:
+            record("generate", name, run_generate(video, os.path.join(root, f"generate_{name}.wav"), args))
+        if f"score_{name}" not in results:
+            record("score", name, run_score(video, os.path.join(root, f"score_{name}"), args))
     server = Server(root, args)
     try:
         for name, video in videos.items():
-            results[f"serve_{name}"] = server.stream(video, os.path.join(root, f"serve_{name}.wav"), args.steps)
-            print(json.dumps({"path": "serve", "video": name, **results[f"serve_{name}"]}), flush=True)
+            if f"serve_{name}" not in results:
+                record("serve", name, server.stream(video, os.path.join(root, f"serve_{name}.wav"), args.steps))
     finally:
         server.close()
     summary: dict = {"device": _device(), "minutes": args.minutes, "short_minutes": args.short_minutes}
@@ -221,6 +233,8 @@ def main() -> None:
         summary[f"same_audio_{name}"] = {
             k: bool(v.shape == cli.shape and np.abs(v.astype(int) - cli).max() <= 1) for k, v in others.items()
         }
+        serve, score = others["serve"], others["score"]
+        summary[f"same_audio_{name}"]["serve_vs_score"] = bool(np.array_equal(serve, score))
     print(json.dumps(summary), flush=True)
 
 

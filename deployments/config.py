@@ -24,6 +24,7 @@ class Limits(BaseModel):
     max_json_bytes: int = Field(default=64 * 2**10, gt=0)
     max_video_s: float = Field(default=7200.0, gt=0)  # the video's length and the asked duration
     max_audio_s: float = Field(default=600.0, gt=0)  # an audio prompt's length (`audio`)
+    max_align_cuts: int = Field(default=4, ge=1)  # `align_cuts` candidates: each one costs a request's work
     max_frame_pixels: int = Field(default=3840 * 2160, gt=0)  # width x height of the video
     max_prompt_tokens: int | None = Field(default=None, gt=0)  # None: the model's text.max_tokens
     steps: tuple[int, int] = (1, 100)
@@ -89,12 +90,16 @@ class ServeConfig(BaseModel):
         return self
 
 
+def read_serve_args(path: str | None) -> dict:
+    """The ServeConfig fields in a YAML file holding either the ServeConfig itself or a Serve config whose
+    first app's `args` it is."""
+    if not path:
+        return {}
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    return data["applications"][0].get("args", {}) if "applications" in data else data
+
+
 def load_serve_config(path: str | None, **overrides) -> ServeConfig:
-    """A YAML file holding either the ServeConfig itself or a Serve config whose first app's `args` it is."""
-    data: dict = {}
-    if path:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        if "applications" in data:
-            data = data["applications"][0].get("args", {})
+    data = read_serve_args(path)
     return ServeConfig(**{**data, **{k: v for k, v in overrides.items() if v is not None}})

@@ -214,6 +214,7 @@ class Ingress:
             ("steps", options.steps, *limits.steps),
             ("guidance", options.guidance, *limits.guidance),
             ("seed", options.seed, 0, 2**63 - 1),
+            ("align_cuts", options.align_cuts, 1, limits.max_align_cuts),
         ]
         for field, value, lo, hi in checks:
             if value is not None and not lo <= value <= hi:
@@ -245,7 +246,9 @@ class Ingress:
         prompt, lead = await self._audio_prompt(inputs)
         with open(inputs.video, "rb") as f:
             video = await asyncio.to_thread(f.read)
-        spec = GenerationSpec(uuid.uuid4().hex, options.prompt, params, video, info.duration_s, prompt)
+        spec = GenerationSpec(
+            uuid.uuid4().hex, options.prompt, params, video, info.duration_s, prompt, options.align_cuts
+        )
         return spec, lead
 
     async def _audio_prompt(self, inputs: Inputs) -> tuple[AudioPrompt | None, np.ndarray]:

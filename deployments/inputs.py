@@ -34,6 +34,7 @@ class SoundtrackOptions(BaseModel):
     stream: bool = False  # stream the audio as a WAV while it is generated (format must be wav)
     include_prompt: bool = False  # start the soundtrack with the audio prompt itself
     from_s: float | None = Field(default=None, alias="from")  # keep the audio (a track) up to here, redo the rest
+    align_cuts: int = 1  # candidates per window; the one whose beats fall best on the video's cuts is kept
 
 
 class SoundtrackJSON(SoundtrackOptions):

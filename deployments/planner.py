@@ -24,6 +24,7 @@ from deployments.devices import pick_device
 from deployments.metrics import serving_metrics
 from model.checkpoint import load_bundle
 from model.engine import Engine, GenerationRequest, PatchOutput, RefineBatch
+from model.engine.align import stream_aligned
 from model.engine.engine import DEFAULT_MAX_DURATION_S
 from model.engine.request import GenerationSpec
 from model.media import MediaError
@@ -138,8 +139,36 @@ async def serve_spec(loop: PatchLoop, engine: Engine, spec: GenerationSpec) -> A
             audio_prompt=spec.audio,
         )
         yield engine.request_info(request)
+        if spec.align_cuts > 1:
+            async for latents in _aligned(loop, engine, request, spec.align_cuts, video):
+                yield latents
+            return
         async for latents in latents_of(loop, engine, request):
             yield latents
+
+
+async def _aligned(
+    loop: PatchLoop, engine: Engine, request: GenerationRequest, candidates: int, video: str
+) -> AsyncIterator[np.ndarray]:
+    """`align_cuts`: the engine's best-of-N windows, each window's candidates run by the replica's patch loop
+    (batched with every other request) while the choosing runs in a thread."""
+    from jobs.evaluation.cuts import cut_chooser, detect_cuts
+
+    event_loop = asyncio.get_running_loop()
+
+    async def latents(sub: GenerationRequest) -> torch.Tensor:
+        return torch.cat([output.patch async for output in loop.stream(sub)])
+
+    async def window(subs: list[GenerationRequest]) -> dict[str, torch.Tensor]:
+        return dict(zip([s.request_id for s in subs], await asyncio.gather(*map(latents, subs)), strict=True))
+
+    def run(subs: list[GenerationRequest]) -> dict[str, torch.Tensor]:
+        return asyncio.run_coroutine_threadsafe(window(subs), event_loop).result()
+
+    choose = cut_chooser(await asyncio.to_thread(detect_cuts, video))
+    patches = stream_aligned(engine, request, candidates, choose, run=run)
+    while (output := await asyncio.to_thread(next, patches, None)) is not None:
+        yield engine.to_latents(output.patch).numpy()
 
 
 @serve.deployment

@@ -146,10 +146,10 @@ def _serve(args) -> dict:
     from ray import serve
 
     from deployments.app import build_app
-    from deployments.config import load_serve_config
+    from deployments.config import load_serve_config, read_serve_args
 
     checkpoint = args.checkpoint
-    if checkpoint is None and not args.config:
+    if checkpoint is None and "checkpoint" not in read_serve_args(args.config):  # the shipped model
         checkpoint = saved_model(args, tempfile.mkdtemp(prefix="videorobin-serve-"))
     cfg = load_serve_config(args.config, checkpoint=checkpoint, mode=args.mode)
     app = build_app(cfg)

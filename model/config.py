@@ -289,7 +289,7 @@ class WindowConfig(_Strict):
     prefilled with the text, its own frames and the last `context_s` of audio already written."""
 
     window_s: float = Field(default=10.0, gt=0)  # the training clips' length: no prefill sees more
-    context_s: float = Field(default=4.0, gt=0)  # chosen by benchmarks/windows.py (README: seams)
+    context_s: float = Field(default=6.0, gt=0)  # chosen by benchmarks/windows.py (README: seams)
 
     @model_validator(mode="after")
     def _room(self) -> WindowConfig:

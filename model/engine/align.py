@@ -20,6 +20,9 @@ from model.engine.request import GenerationRequest
 
 # (window start in seconds on the video's timeline, each candidate's (C, S) audio, sample rate) -> index
 Choose = Callable[[float, list[np.ndarray], int], int]
+# the candidates of one window -> request id -> (new * P, D) standardised frames; default: the engine's own
+# `generate_latents`, a server passes its running patch loop
+RunCandidates = Callable[[list[GenerationRequest]], dict[str, torch.Tensor]]
 
 MAX_CANDIDATES = 16
 
@@ -29,7 +32,12 @@ def candidate_seed(seed: int, k: int) -> int:
 
 
 def stream_aligned(
-    engine: Engine, request: GenerationRequest, candidates: int, choose: Choose, progress: Progress | None = None
+    engine: Engine,
+    request: GenerationRequest,
+    candidates: int,
+    choose: Choose,
+    progress: Progress | None = None,
+    run: RunCandidates | None = None,
 ) -> Iterator[PatchOutput]:
     """The request's patches, window by window, each window the chosen one of `candidates`."""
     if not 1 <= candidates <= MAX_CANDIDATES:
@@ -52,7 +60,7 @@ def stream_aligned(
             )
             for k in range(candidates)
         ]
-        latents = engine.generate_latents(subs)
+        latents = (run or engine.generate_latents)(subs)
         best = 0
         if candidates > 1:
             audio = [engine.decode(latents[s.request_id], s) for s in subs]

@@ -95,6 +95,7 @@ class GenerationSpec:
     video: bytes | None  # the video file
     video_duration_s: float | None
     audio: AudioPrompt | None  # its tail only (AudioPrompt.tail)
+    align_cuts: int = 1  # candidates per window (model/engine/align.py)
 
 
 @dataclass

@@ -199,6 +199,23 @@ def test_an_audio_prompt_is_continued_as_the_engine_continues_it(server, media):
     assert np.abs(audio[:, :kept] - served[:, :kept]).max() <= PCM16_TOLERANCE
 
 
+def test_align_cuts_serves_the_engines_best_of_n(server, media):
+    from jobs.evaluation.cuts import cut_chooser, detect_cuts
+    from model.engine.align import stream_aligned
+
+    root, videos, _ = media
+    response = _post(server, videos / "short.mp4", seed=4, steps=4, align_cuts=2)
+    assert response.status_code == 200, response.text
+    served, _ = _wav(response.content)
+    engine = Engine(load_bundle(str(root / "ckpt")), max_batch=2)
+    video = str(videos / "short.mp4")
+    request = engine.make_request(video, None, GenerationParams(seed=4, steps=4))
+    patches = stream_aligned(engine, request, 2, cut_chooser(detect_cuts(video)))
+    expected = np.concatenate([a for _, a in engine.stream_audio([request], patches=patches)], axis=1)
+    assert served.shape == expected.shape
+    assert np.abs(served - np.clip(expected, -1, 1)).max() <= PCM16_TOLERANCE
+
+
 BAD_AUDIO = [
     ("notes.txt", {}, 415, "unsupported_media_type"),
     ("six_s.wav", {}, 422, "audio_too_long"),
@@ -262,6 +279,7 @@ BAD_FIELDS = [
     ({"format": "ogg"}, 422, "invalid_parameter"),
     ({"duration": 0}, 422, "invalid_parameter"),
     ({"prompt": "x" * 400}, 422, "prompt_too_long"),
+    ({"align_cuts": 5}, 422, "invalid_parameter"),
 ]
 
 

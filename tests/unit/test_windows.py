@@ -1,5 +1,7 @@
 """Windowed generation (model/engine/windows.py): clips longer than a training window, audio prompts."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +137,30 @@ def test_bad_audio_prompts_are_refused(windowed, make, message):
     engine = Engine(windowed)
     with pytest.raises(ValueError, match=message):
         engine.make_request(params=GenerationParams(duration_s=1.0), audio_prompt=make())
+
+
+def test_align_cuts_keeps_the_chosen_candidate_of_each_window(windowed):
+    from model.engine.align import candidate_seed, stream_aligned
+
+    engine = Engine(windowed, max_batch=3)
+    request = _request(engine, 2.5, 21, "a")
+    plain = engine.generate_latents([request])["a"]
+    calls = []
+
+    def pick(k):
+        def choose(start_s, audio, rate):
+            calls.append((round(start_s, 2), len(audio), audio[0].shape[1]))
+            return k
+
+        return choose
+
+    first = torch.cat([o.patch for o in stream_aligned(engine, request, 3, pick(0))])
+    assert torch.allclose(first, plain, atol=1e-5)  # candidate 0 is the plain result
+    assert [c[0] for c in calls] == [0.0, 0.8, 1.28, 1.76, 2.24] and {c[1] for c in calls} == {3}
+    assert calls[0][2] == 5 * 7680 and calls[1][2] == 3 * 7680  # each candidate's new audio only
+    second = torch.cat([o.patch for o in stream_aligned(engine, request, 3, pick(2))])
+    other = replace(request, params=replace(request.params, seed=candidate_seed(21, 2)), request_id="b")
+    assert torch.allclose(second[: 5 * 4], engine.generate_latents([other])["b"][: 5 * 4], atol=1e-5)
+    assert not torch.allclose(second, plain, atol=1e-3)
+    with pytest.raises(ValueError, match="align_cuts"):
+        next(stream_aligned(engine, request, 17, pick(0)))
