@@ -67,7 +67,8 @@ def _request(engine: Engine, seed: int, steps: int = 20):
 def ar_head_cached(engine: Engine, request, teacher: torch.Tensor) -> None:
     model, runner = engine.bundle.model, engine.runner
     rows = Rows.of([0], engine.device)
-    model.prefill(Conditions([request.text_ids], [request.frames]), runner.caches, rows)
+    frames = request.frames.features(0, round(CLIP_S * engine.cfg.vision.fps))
+    model.prefill(Conditions([request.text_ids], [frames]), runner.caches, rows)
     for i in range(request.n_patches - 1):
         model.plan_step(teacher[i][None], runner.caches, rows, torch.tensor([i + 1], device=engine.device))
     runner.free([0])

@@ -1,7 +1,7 @@
 """Catalogue-scoring benchmark: the Ray Data job vs the standalone engine over the same clips, in ONE run.
 
-Both do the same work per video: probe and sample frames, CLIP, batched generation, VAE decode, write a
-WAV. The ratio of their throughputs is the pipeline's overhead (or gain, where stages overlap).
+Both do the same work per video: probe, batched generation (frames read and CLIP-encoded window by window),
+VAE decode, write a WAV. The ratio of their throughputs is the pipeline's overhead (or gain, where stages overlap).
 Prints one JSON object per measurement; the last line is the summary.
 
     python benchmarks/score.py [--videos 48] [--preset tiny] [--device cuda] [--steps 20]

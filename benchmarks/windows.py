@@ -212,9 +212,10 @@ def main() -> None:
     record = continuation(engine, by_piece[: args.continue_clips], args.batch)
     _emit(record)
     summary["continuation"] = record
-    record = cuts(Engine(bundle, max_batch=args.candidates), by_piece[-args.cut_clips :], args.candidates)
-    _emit(record)
-    summary["cuts"] = record
+    if args.cut_clips:
+        record = cuts(Engine(bundle, max_batch=args.candidates), by_piece[-args.cut_clips :], args.candidates)
+        _emit(record)
+        summary["cuts"] = record
     _emit(summary)
 
 

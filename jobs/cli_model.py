@@ -198,7 +198,7 @@ def add_parsers(sub) -> None:
     demo.add_argument("--duration", type=float, default=8.0, help="length of the sample video, seconds")
     demo.add_argument("--prompt", default="lo-fi piano, 90 BPM, A minor, builds at the end")
     add_model_args(demo)
-    demo.set_defaults(run=_demo)
+    demo.set_defaults(run=_demo, audio_prompt=None, include_prompt=False, from_s=None, align_cuts=1)
 
     srv = sub.add_parser("serve", help="the HTTP API on Ray Serve, until interrupted (GET /readyz when ready)")
     srv.add_argument("--config", help="serving YAML: a ServeConfig, or a Serve config whose app args are one")

@@ -12,6 +12,7 @@ from model.build import build_bundle
 from model.checkpoint import set_latent_stats
 from model.config import load_config
 from model.engine import Engine, GenerationParams
+from model.engine.windows import window_frames
 from model.media import write_sample_video
 from model.videorobin import Conditions
 
@@ -60,7 +61,8 @@ def test_tiny_model_overfits_two_clips_and_follows_their_conditions(tmp_path, ca
             request_id="b",
         ),
     ]
-    cond = Conditions([r.text_ids for r in requests], [r.frames for r in requests])
+    frames = [window_frames(cfg, r.frames, engine.plan_windows(r)[0], r.duration_s)[0] for r in requests]
+    cond = Conditions([r.text_ids for r in requests], frames)  # the frames the engine's one window sees
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=1e-3, weight_decay=0.01)
     model.train()
