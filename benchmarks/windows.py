@@ -35,7 +35,7 @@ from model.checkpoint import default_checkpoint, load_bundle
 from model.config import WindowConfig
 from model.engine import Engine, GenerationParams
 from model.engine.align import stream_aligned
-from model.engine.engine import samples_per_patch
+from model.engine.prepare import samples_per_patch
 from model.engine.request import AudioPrompt
 from model.media import read_audio, write_beat_video
 

@@ -17,7 +17,7 @@ from deployments.devices import pick_device
 from deployments.planner import PatchLoop, serve_spec
 from model.checkpoint import load_bundle
 from model.engine import Engine, RefineBatch
-from model.engine.engine import DEFAULT_MAX_DURATION_S
+from model.engine.prepare import DEFAULT_MAX_DURATION_S
 from model.engine.request import GenerationSpec
 from model.vae import DecodeWindow
 from model.vae import decode_window_array as decode_window

@@ -34,7 +34,7 @@ from deployments.metrics import serving_metrics
 from deployments.planner import RefinerUnavailable
 from model.checkpoint import load_bundle_tokenizer, read_config
 from model.engine import GenerationParams
-from model.engine.engine import prompt_tail, resolve_duration, samples_per_patch, tokenize_prompt
+from model.engine.prepare import prompt_tail, resolve_duration, samples_per_patch, tokenize_prompt
 from model.engine.request import AudioPrompt, GenerationSpec, RequestInfo
 from model.media import MediaError, encode_audio, mux, pcm16, probe_video, read_audio, wav_header
 from model.vae import StreamingLatents

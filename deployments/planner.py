@@ -25,7 +25,7 @@ from deployments.metrics import serving_metrics
 from model.checkpoint import load_bundle
 from model.engine import Engine, GenerationRequest, PatchOutput, RefineBatch
 from model.engine.align import stream_aligned
-from model.engine.engine import DEFAULT_MAX_DURATION_S
+from model.engine.prepare import DEFAULT_MAX_DURATION_S
 from model.engine.request import GenerationSpec
 from model.media import MediaError
 

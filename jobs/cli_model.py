@@ -51,7 +51,7 @@ def _generate(args) -> dict:
 
     from model.engine import Engine, GenerationParams
     from model.engine.align import stream_aligned
-    from model.engine.engine import samples_per_patch
+    from model.engine.prepare import samples_per_patch
     from model.engine.request import AudioPrompt
     from model.media import mux, probe_video, read_audio, write_audio_stream
 
