@@ -56,6 +56,8 @@ def _generate(args) -> dict:
     from model.media import mux, probe_video, read_audio, write_audio_stream
 
     fmt = _check_generate_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     params = GenerationParams(seed=args.seed, duration_s=args.duration, steps=args.steps, guidance=args.cfg)
     if args.video is not None:
         probe_video(args.video)  # refuse a bad video before spending time on the model
@@ -190,6 +192,9 @@ def add_parsers(sub) -> None:
         metavar="N",
         help="at each window write N candidates and keep the one whose beats fall best on the video's cuts",
     )
+    gen.add_argument(
+        "--threads", type=int, help="torch CPU threads; 1 reproduces the server's and score's audio bit for bit"
+    )
     add_model_args(gen)
     gen.set_defaults(run=_generate)
 
@@ -198,7 +203,7 @@ def add_parsers(sub) -> None:
     demo.add_argument("--duration", type=float, default=8.0, help="length of the sample video, seconds")
     demo.add_argument("--prompt", default="lo-fi piano, 90 BPM, A minor, builds at the end")
     add_model_args(demo)
-    demo.set_defaults(run=_demo, audio_prompt=None, include_prompt=False, from_s=None, align_cuts=1)
+    demo.set_defaults(run=_demo, audio_prompt=None, include_prompt=False, from_s=None, align_cuts=1, threads=None)
 
     srv = sub.add_parser("serve", help="the HTTP API on Ray Serve, until interrupted (GET /readyz when ready)")
     srv.add_argument("--config", help="serving YAML: a ServeConfig, or a Serve config whose app args are one")
