@@ -77,18 +77,23 @@ def _model_args(args) -> list[str]:
     return out + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
 
 
+def _measured(command: list[str], env: dict, what: str) -> dict:
+    """Run a command to its end: wall time and the peak memory of its process tree."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    memory = PeakMemory(proc.pid)
+    _, err = proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"{what} failed: {err.decode()[-2000:]}")
+    return {"wall_s": time.perf_counter() - started, "peak_rss_mb": memory.stop() / 2**20}
+
+
 def run_generate(video: str, out: str, args) -> dict:
     """The CLI; with --cli-threads 1 its float sums run in the order of the Ray actors' (one intra-op thread
     each), which is what bit-equality of the three paths needs (the AR loop amplifies 1-ulp differences)."""
     command = _cli("generate", "--video", video, "--prompt", PROMPT, "--seed", str(SEED), "--out", out)
     env = {**ENV, **({"OMP_NUM_THREADS": str(args.cli_threads)} if args.cli_threads else {})}
-    started = time.perf_counter()
-    proc = subprocess.Popen(command + _model_args(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    memory = PeakMemory(proc.pid)
-    _, err = proc.communicate()
-    if proc.returncode:
-        raise RuntimeError(f"generate failed: {err.decode()[-2000:]}")
-    return {"wall_s": time.perf_counter() - started, "peak_rss_mb": memory.stop() / 2**20}
+    return _measured(command + _model_args(args), env, "generate")
 
 
 def run_score(video: str, out: str, args) -> dict:
@@ -96,13 +101,7 @@ def run_score(video: str, out: str, args) -> dict:
     os.makedirs(out, exist_ok=True)
     pq.write_table(pa.table({"id": ["clip"], "video": [video], "prompt": [PROMPT], "seed": [SEED]}), catalogue)
     command = _cli("score", "--catalogue", catalogue, "--out", os.path.join(out, "scored"), "--generate-batch", "1")
-    started = time.perf_counter()
-    proc = subprocess.Popen(command + _model_args(args), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    memory = PeakMemory(proc.pid)
-    _, err = proc.communicate()
-    if proc.returncode:
-        raise RuntimeError(f"score failed: {err.decode()[-2000:]}")
-    return {"wall_s": time.perf_counter() - started, "peak_rss_mb": memory.stop() / 2**20}
+    return _measured(command + _model_args(args), ENV, "score")
 
 
 def _free_port() -> int:

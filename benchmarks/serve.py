@@ -34,7 +34,6 @@ from model.checkpoint import load_bundle, save_bundle
 from model.config import load_config
 from model.engine import Engine, GenerationParams
 from model.media import write_sample_video
-from model.vae import StreamingLatents
 from model.vae import decode_window_array as decode_window
 
 PROMPT = "lo-fi piano, 90 BPM, A minor, builds at the end"
@@ -106,8 +105,7 @@ def engine_closed_loop(checkpoint: str, video: str, clients: int, seconds: float
     def admit() -> None:
         started = time.monotonic()
         request = engine.make_request(video, PROMPT, params)
-        samples = round(request.duration_s * vae.sample_rate)
-        clip = StreamingLatents(cfg.vae, request.n_patches * cfg.patch_size, samples)
+        clip, _ = engine.request_info(request).decoder(cfg)
         live[request.request_id] = [started, clip, None]
         engine.add(request)
 

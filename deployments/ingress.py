@@ -37,7 +37,6 @@ from model.engine import GenerationParams
 from model.engine.prepare import prompt_tail, resolve_duration, samples_per_patch, tokenize_prompt
 from model.engine.request import AudioPrompt, GenerationSpec, RequestInfo
 from model.media import MediaError, encode_audio, mux, pcm16, probe_video, read_audio, wav_header
-from model.vae import StreamingLatents
 
 log = logging.getLogger("ray.serve")
 
@@ -56,11 +55,7 @@ class Job:
 
     @property
     def samples(self) -> int:
-        return self.lead.shape[1] + self.new_samples
-
-    @property
-    def new_samples(self) -> int:
-        return round(self.info.duration_s * self.rate)
+        return self.lead.shape[1] + round(self.info.duration_s * self.rate)
 
 
 ERROR_RESPONSES = {
@@ -306,14 +301,10 @@ class Ingress:
         """(C, S) audio as each decode window's latents are complete: the streaming decode, equal to the
         whole-clip decode because the windows are the same ones `AudioAutoencoder.decode` uses. An audio
         prompt's last patches are decoded first and their audio dropped, so the new music joins it."""
-        cfg = self.model_cfg
-        lead = 0 if job.info.lead is None else job.info.lead.shape[1]
-        total = lead + job.info.n_patches * cfg.patch_size
-        clip = StreamingLatents(cfg.vae, total, job.new_samples, skip=lead * cfg.vae.hop)
+        clip, ready = job.info.decoder(self.model_cfg)
         if job.lead.shape[1]:
             yield job.lead
         try:
-            ready = clip.add(job.info.lead) if lead else []
             while True:
                 for window, latents in ready:
                     yield clip.emit(window, await _before(deadline, self.decoder.decode.remote(latents, window)))

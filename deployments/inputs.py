@@ -47,20 +47,6 @@ class SoundtrackForm(SoundtrackOptions):
     audio: bytes | None = None  # music to continue (any format ffmpeg reads; resampled)
 
 
-def _body_schema() -> dict:
-    form = SoundtrackForm.model_json_schema()
-    form["properties"]["video"] = {"type": "string", "format": "binary"}
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {"schema": form},
-                "application/json": {"schema": SoundtrackJSON.model_json_schema()},
-            },
-        }
-    }
-
-
 def body_schema() -> dict:
     form = SoundtrackForm.model_json_schema()
     for name in ("video", "audio"):

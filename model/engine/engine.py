@@ -29,7 +29,7 @@ from model.engine.runner import Runner, patch_noise, refine_patches
 from model.engine.scheduler import RowState, Scheduler
 from model.engine.windows import FrameSource, VideoFrames, frames_per_window, window_frames, windows_of
 from model.media import MediaError, probe_video
-from model.vae import AudioAutoencoder, StreamingLatents, decode_window_array
+from model.vae import AudioAutoencoder, decode_window_array
 from model.videorobin import Conditions, VideoRobin
 
 Progress = Callable[[int, int], None]  # (patches done, patches total)
@@ -334,24 +334,9 @@ class Engine:
         """(L, D) standardised frames -> (D, L) VAE latents on the CPU."""
         return self.bundle.model.destandardize(frames[None].to(self.device))[0].cpu()
 
-    def clip_decoder(self, request: GenerationRequest) -> tuple[StreamingLatents, list]:
-        """The streaming decode of one request's new patches, and the decode windows ready before any patch.
-        With an audio prompt its last patches are decoded first and their audio dropped, so the new music
-        joins the prompt without a click or a gap."""
-        cfg = self.cfg
-        lead = 0 if request.context is None else request.context.shape[0]
-        clip = StreamingLatents(
-            cfg.vae,
-            (lead + request.n_patches) * cfg.patch_size,
-            round(request.duration_s * cfg.vae.sample_rate),
-            skip=lead * cfg.patch_size * self.bundle.vae.hop,
-        )
-        ready = clip.add(self.to_latents(request.context.reshape(-1, cfg.latent_dim)).numpy()) if lead else []
-        return clip, ready
-
     def decode(self, frames: torch.Tensor, request: GenerationRequest) -> np.ndarray:
         """(N * P, D) standardised frames of `request`'s new patches -> its (C, S) audio (after its prompt)."""
-        clip, ready = self.clip_decoder(request)
+        clip, ready = self.request_info(request).decoder(self.cfg)
         ready += clip.add(self.to_latents(frames).numpy())
         return np.concatenate([clip.emit(w, decode_window_array(self.bundle.vae, x, w)) for w, x in ready], axis=1)
 
@@ -366,7 +351,7 @@ class Engine:
         a few windows per request whatever the length. Concatenated per request: `generate`'s audio.
         `patches` replaces the engine's own stream of them (cut-aware generation, model/engine/align.py)."""
         vae = self.bundle.vae
-        decoders = {r.request_id: self.clip_decoder(r) for r in requests}
+        decoders = {r.request_id: self.request_info(r).decoder(self.cfg) for r in requests}
         for r in requests:
             clip, ready = decoders[r.request_id]
             for window, latents in ready:

@@ -7,8 +7,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from model.config import FlowConfig
+from model.config import FlowConfig, VideoRobinConfig
 from model.engine.windows import FrameSource
+from model.vae import DecodeWindow, StreamingLatents
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,15 @@ class RequestInfo:
     duration_s: float  # seconds of new music
     n_patches: int
     lead: np.ndarray | None  # (D, c * P) VAE latents of the prompt's last patches: decoded first, then dropped
+
+    def decoder(self, cfg: VideoRobinConfig) -> tuple[StreamingLatents, list[tuple[DecodeWindow, np.ndarray]]]:
+        """The streaming decode of the new music, and the decode windows ready before any new patch. An audio
+        prompt's last patches are decoded first and their audio dropped, so the new music joins the prompt
+        without a click or a gap."""
+        lead = 0 if self.lead is None else self.lead.shape[1]
+        total = lead + self.n_patches * cfg.patch_size
+        clip = StreamingLatents(cfg.vae, total, round(self.duration_s * cfg.vae.sample_rate), skip=lead * cfg.vae.hop)
+        return clip, clip.add(self.lead) if lead else []
 
 
 @dataclass
