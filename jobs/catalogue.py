@@ -19,6 +19,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
 from model.config import STATIC_PROMPT
+from model.errors import InputError
 from model.io import glob_uris, read_bytes, write_bytes_atomic
 
 CATALOGUE_SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
@@ -46,7 +47,7 @@ MANIFEST_SCHEMA = pa.schema(
 )
 
 
-class CatalogueError(ValueError):
+class CatalogueError(InputError):
     """A catalogue that cannot be read, with a one-line reason."""
 
 

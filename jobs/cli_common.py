@@ -7,22 +7,45 @@ asked for); else the default model shipped inside the package (`model/default/`)
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
+import tempfile
 from collections.abc import Callable
 
 import torch
 from pydantic import ValidationError
 
+from model.errors import InputError
 from model.media import MediaError
 
 log = logging.getLogger("videorobin")
 
-USER_ERRORS = (MediaError, ValueError, FileNotFoundError, ValidationError)
-
 
 class CLIError(Exception):
     """A problem with the command line the user can fix."""
+
+
+# What a user can act on: exit 2 with one line. Anything else is a bug: exit 70, traceback saved (jobs/cli.py).
+# OSError subclasses that name a path or an address the user gave (or the machine's state, not our code):
+# a missing or unwritable file, a directory where a file was meant, a Ray --address nobody answers at.
+USER_ERRORS = (
+    CLIError,
+    InputError,
+    MediaError,
+    ValidationError,
+    FileNotFoundError,
+    FileExistsError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
+    ConnectionError,
+)
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # disk full, quota, read-only file system
+
+
+def is_user_error(err: BaseException) -> bool:
+    return isinstance(err, USER_ERRORS) or (isinstance(err, OSError) and err.errno in USER_ERRNOS)
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -91,6 +114,12 @@ def saved_model(args, where: str) -> str:
         log.warning("--preset %s: randomly initialised weights (saved to %s)", args.preset, where)
         save_bundle(build_bundle(load_config(args.preset, args.set)), where)
     return where
+
+
+def scratch_dir(args, prefix: str) -> str:
+    """A temporary directory that lives as long as the command: `main` removes it when the command ends,
+    however it ends (a random --preset checkpoint saved for serve's replicas, say)."""
+    return args.scratch.enter_context(tempfile.TemporaryDirectory(prefix=prefix, ignore_cleanup_errors=True))
 
 
 def progress_bar(total_label: str) -> tuple[Callable[[int, int], None], Callable[[], None]]:

@@ -38,6 +38,7 @@ from jobs.arrange import Arrangement, ExcerptError, arrange, draws, excerpt, mea
 from jobs.captions import Facts, caption
 from jobs.corpus import Piece, PieceError, ordered, parse, split_of
 from jobs.ray_session import connect
+from model.errors import InputError
 from model.io import write_bytes_atomic
 from model.media import write_audio, write_beat_video
 
@@ -349,7 +350,7 @@ def _prepare_out(cfg: DatasetConfig) -> None:
         with open(path) as f:
             before = json.load(f)
         if before != settings:
-            raise ValueError(f"{cfg.out} was made with {before}, not {settings}: use another --out")
+            raise InputError(f"{cfg.out} was made with {before}, not {settings}: use another --out")
     else:
         write_bytes_atomic(path, json.dumps(settings).encode())
     for sub in SUBDIRS:

@@ -41,6 +41,7 @@ from jobs.evaluation.qc import technical_qc
 from jobs.evaluation.report import render_html, spectrogram_png
 from jobs.ray_session import connect
 from jobs.score_tasks import MEDIA_ERRORS, error_text
+from model.errors import InputError
 from model.io import glob_uris, read_bytes, uri_exists, uri_join, write_bytes_atomic
 from model.media import read_audio
 
@@ -53,7 +54,7 @@ NEAREST_K = 5  # Density/Coverage neighbourhood, as in Naeem et al.
 TOP_TAGS = 3
 
 
-class EvaluateError(ValueError):
+class EvaluateError(InputError):
     """Inputs that cannot be evaluated, with a one-line reason."""
 
 

@@ -28,6 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.ray_session import connect
+from model.errors import InputError
 from model.io import read_bytes, uri_exists, uri_join, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ STEPS = ("dataset", "tokenizer", "vae", "vae_report", "prepare", "t2m", "v2m", "
 RECORD = "pipeline.json"
 
 
-class PipelineError(ValueError):
+class PipelineError(InputError):
     """A recipe or chain that cannot run, with a one-line reason."""
 
 

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from model.errors import InputError
 from model.io import read_bytes, uri_exists, uri_join, write_bytes_atomic
 
 MAX_BYTES = 50 * 1024 * 1024  # the package's budget for shipped weights
@@ -51,7 +52,7 @@ def publish_model(paths, record: dict, dest: str) -> str:
     digests = file_digests(dest)
     size = sum(os.path.getsize(os.path.join(dest, name)) for name in digests)
     if size > MAX_BYTES:
-        raise ValueError(f"{dest}: {size / 2**20:.1f} MiB is over the {MAX_BYTES / 2**20:.0f} MiB budget")
+        raise InputError(f"{dest}: {size / 2**20:.1f} MiB is over the {MAX_BYTES / 2**20:.0f} MiB budget")
     provenance = {
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "made_by": f"videorobin pipeline --out {paths.out} --publish {dest}",

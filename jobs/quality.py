@@ -35,7 +35,8 @@ from jobs.catalogue import read_table
 from jobs.evaluation.music import parse_tempo, tempo_score
 from jobs.ray_session import connect
 from model.config import STATIC_PROMPT
-from model.io import read_bytes, uri_exists, uri_join, write_bytes_atomic
+from model.errors import InputError
+from model.io import read_bytes, temp_sibling, uri_exists, uri_join, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def held_out_rows(manifest: str, clips: int | None) -> list[dict]:
     rows = read_table(manifest)
     missing = {"id", "audio", "video", "caption"} - set(rows[0])
     if missing:
-        raise ValueError(f"{manifest}: missing column(s) {', '.join(sorted(missing))}")
+        raise InputError(f"{manifest}: missing column(s) {', '.join(sorted(missing))}")
     return rows[:clips]
 
 
@@ -84,20 +85,24 @@ def write_still_video(source: str, out: str, duration_s: float, fps: int = 25) -
     """An H.264 video of `source`'s first frame held for `duration_s`: the same picture, no visual rhythm."""
     with av.open(source) as src:
         first = next(src.decode(video=0)).to_ndarray(format="rgb24")
-    tmp = f"{out}.tmp.mp4"
-    with av.open(tmp, "w") as dst:
-        stream = dst.add_stream("libx264", rate=fps)
-        stream.height, stream.width = first.shape[:2]
-        stream.pix_fmt = "yuv420p"
-        stream.time_base = Fraction(1, fps)
-        for i in range(max(1, round(duration_s * fps))):
-            frame = av.VideoFrame.from_ndarray(first, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
+    tmp = temp_sibling(out, ".mp4")
+    try:
+        with av.open(tmp, "w") as dst:
+            stream = dst.add_stream("libx264", rate=fps)
+            stream.height, stream.width = first.shape[:2]
+            stream.pix_fmt = "yuv420p"
+            stream.time_base = Fraction(1, fps)
+            for i in range(max(1, round(duration_s * fps))):
+                frame = av.VideoFrame.from_ndarray(first, format="rgb24")
+                frame.pts = i
+                for packet in stream.encode(frame):
+                    dst.mux(packet)
+            for packet in stream.encode(None):
                 dst.mux(packet)
-        for packet in stream.encode(None):
-            dst.mux(packet)
-    os.replace(tmp, out)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def clip_seed(clip_id: str, seed: int) -> int:
@@ -267,7 +272,7 @@ def run(cfg: QualityConfig) -> dict:
     table = {}
     for condition in cfg.conditions:
         if condition not in CONDITIONS:
-            raise ValueError(f"unknown condition {condition!r} (known: {', '.join(CONDITIONS)})")
+            raise InputError(f"unknown condition {condition!r} (known: {', '.join(CONDITIONS)})")
         where = uri_join(cfg.out, condition)
         metrics_uri = uri_join(where, "eval/metrics.json")
         if not uri_exists(metrics_uri):  # a rerun picks up where a stopped one ended

@@ -12,6 +12,7 @@ import os
 import tempfile
 
 from jobs.catalogue import read_table
+from model.errors import InputError
 from model.io import uri_join, write_bytes_atomic
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]"]
@@ -21,7 +22,7 @@ TOKENIZER_FILE = "tokenizer.json"
 def read_captions(manifest: str) -> list[str]:
     rows = read_table(manifest)
     if "caption" not in rows[0]:
-        raise ValueError(f"{manifest}: no caption column")
+        raise InputError(f"{manifest}: no caption column")
     return [str(r["caption"]) for r in rows if r.get("caption")]
 
 

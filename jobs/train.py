@@ -47,6 +47,7 @@ from model.checkpoint import (
     set_latent_stats,
 )
 from model.config import VideoRobinConfig, apply_overrides
+from model.errors import InputError
 from model.io import absolute_uri, read_bytes, uri_exists, uri_join, write_bytes_atomic
 from model.training import STAGE2_NEW, collate, load_weights, step_seed
 from model.videorobin import VideoRobin
@@ -111,7 +112,7 @@ def resolve_model(cfg: TrainConfig) -> VideoRobinConfig:
     """The config being trained: stage 1 from the data's encoders without vision; stage 2 from stage 1 plus
     the data's vision. Its VAE and text settings must be the ones the data was made with."""
     if not uri_exists(uri_join(cfg.data, "latent_stats.json")):
-        raise ValueError(f"{cfg.data}: not a complete `videorobin prepare` output (no latent_stats.json)")
+        raise InputError(f"{cfg.data}: not a complete `videorobin prepare` output (no latent_stats.json)")
     data = read_config(cfg.data)
     if cfg.stage == "t2m":
         if cfg.init_from:
@@ -120,15 +121,15 @@ def resolve_model(cfg: TrainConfig) -> VideoRobinConfig:
             base = data.model_copy(update={"vision": None})
     else:
         if not cfg.init_from:
-            raise ValueError("--stage v2m needs --init-from: a stage-1 (t2m) checkpoint")
+            raise InputError("--stage v2m needs --init-from: a stage-1 (t2m) checkpoint")
         if data.vision is None:
-            raise ValueError(f"{cfg.data}: prepared without vision, so it has no frame features for v2m")
+            raise InputError(f"{cfg.data}: prepared without vision, so it has no frame features for v2m")
         base = read_config(cfg.init_from).model_copy(update={"vision": data.vision})
     model = apply_overrides(base, cfg.set)
     if model.vae != data.vae or model.latent_dim != data.latent_dim:
-        raise ValueError(f"the model's VAE differs from the one {cfg.data} was encoded with")
+        raise InputError(f"the model's VAE differs from the one {cfg.data} was encoded with")
     if model.text != data.text:
-        raise ValueError(f"the model's text settings differ from those {cfg.data} was tokenized with")
+        raise InputError(f"the model's text settings differ from those {cfg.data} was tokenized with")
     return model
 
 
@@ -153,7 +154,7 @@ def deepspeed_config(cfg: TrainConfig, on_gpu: bool) -> dict:
         if isinstance(node, dict):
             return {k: resolve(v, k) for k, v in node.items()}
         if node == "auto" and key not in fill:
-            raise ValueError(f'DeepSpeed config: "{key}": "auto" is not a field `train` fills in')
+            raise InputError(f'DeepSpeed config: "{key}": "auto" is not a field `train` fills in')
         return fill[key] if node == "auto" else node
 
     ds = resolve(ds)
@@ -184,7 +185,7 @@ def build_trainer(cfg: TrainConfig, model_cfg: VideoRobinConfig):
     )
     rows, need = ds.count(), cfg.workers * cfg.batch_size
     if rows < need:
-        raise ValueError(f"{cfg.data} has {rows} clips; {cfg.workers} workers x batch {cfg.batch_size} need {need}")
+        raise InputError(f"{cfg.data} has {rows} clips; {cfg.workers} workers x batch {cfg.batch_size} need {need}")
     # Ray Data lists the shard files in a 1-CPU task: on a small CPU cluster the workers can take every CPU.
     check_cluster_cpus(cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker > 0, spare=1)
     return torch_trainer(

@@ -15,6 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable
 
+from model.errors import InputError
 from model.io import read_bytes, uri_exists, uri_join
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def run_exists(storage: str, name: str) -> bool:
 def refuse_unasked_resume(storage: str, name: str, resume: bool) -> None:
     """Ray Train would silently continue a run that has checkpoints; we make the caller say so."""
     if run_exists(storage, name) and not resume:
-        raise ValueError(
+        raise InputError(
             f"run {name} already has checkpoints under {storage}: pass --resume to continue it or --name for a new run"
         )
 
@@ -61,7 +62,7 @@ def check_cluster_cpus(workers: int, cpus_per_worker: float, use_gpu: bool, spar
 
     cpus = ray.cluster_resources().get("CPU", 0)
     if not use_gpu and cpus < workers * cpus_per_worker + spare:
-        raise ValueError(
+        raise InputError(
             f"the cluster has {cpus:g} CPUs: {workers} workers x {cpus_per_worker:g} CPUs leave fewer than {spare:g} "
             "for reading the data; lower --cpus-per-worker or --workers"
         )

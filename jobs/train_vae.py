@@ -38,6 +38,7 @@ from jobs.train_runs import (
 )
 from model.checkpoint import read_config
 from model.config import SpectralVAEConfig, VAEConfig
+from model.errors import InputError
 from model.io import absolute_uri, read_bytes, uri_exists, uri_join, write_bytes_atomic
 from model.media import MediaError, read_audio
 from model.specvae import SpectralVAE
@@ -92,7 +93,7 @@ def read_clips(manifest: str) -> list[dict]:
     """The manifest's clips: {"id", "audio", "start", "duration"} (duration <= 0: the whole file)."""
     rows = read_table(manifest)
     if "audio" not in rows[0]:
-        raise ValueError(f"{manifest}: no audio column")
+        raise InputError(f"{manifest}: no audio column")
     return [
         {
             "id": str(r.get("id", i)),
@@ -152,7 +153,7 @@ def run(cfg: TrainVAEConfig) -> dict:
     started = time.perf_counter()
     clips = read_clips(cfg.manifest)
     if len(clips) < cfg.workers:
-        raise ValueError(f"{cfg.manifest} has {len(clips)} clips for {cfg.workers} workers")
+        raise InputError(f"{cfg.manifest} has {len(clips)} clips for {cfg.workers} workers")
     refuse_unasked_resume(cfg.storage, cfg.name, cfg.resume)
     connect(cfg.address, log_to_driver=True)
     check_cluster_cpus(cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker > 0, spare=0)
@@ -185,7 +186,7 @@ def _load_share(clips: list[dict], rank: int, world: int, sample_rate: int) -> l
         except (MediaError, OSError, ValueError) as err:
             log.warning("[videorobin train-vae] skipping %s: %s", clip["id"], " ".join(str(err).split()))
     if not share:
-        raise ValueError(f"worker {rank} could read none of its {len(clips[rank::world])} clips")
+        raise InputError(f"worker {rank} could read none of its {len(clips[rank::world])} clips")
     return share
 
 

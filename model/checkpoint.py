@@ -28,6 +28,7 @@ from safetensors import safe_open
 
 from model.build import Bundle
 from model.config import VideoRobinConfig
+from model.errors import InputError
 from model.io import local_copy, read_bytes, uri_exists, uri_join, write_bytes_atomic
 from model.text import HFTokenizer, Tokenizer, load_tokenizer
 from model.vae import AudioAutoencoder, build_vae
@@ -106,12 +107,24 @@ def load_bundle(uri: str, device: torch.device | str = "cpu") -> Bundle:
     """Load a checkpoint directory written by `save_bundle` (strictly: every tensor must match)."""
     cfg = read_config(uri)
     model = VideoRobin(cfg)
-    model.load_state_dict(read_safetensors(uri_join(uri, "model.safetensors")), strict=True)
+    _load_strict(model, read_safetensors(uri_join(uri, "model.safetensors")), uri)
     stats = json.loads(read_bytes(uri_join(uri, "latent_stats.json")))
     set_latent_stats(model, torch.tensor(stats["mean"]), torch.tensor(stats["std"]))
     vae = build_vae(cfg.vae)
-    vae.load_state_dict(read_safetensors(uri_join(uri, "vae.safetensors")), strict=True)
+    _load_strict(vae, read_safetensors(uri_join(uri, "vae.safetensors")), uri)
     return Bundle(cfg, model, vae, load_bundle_tokenizer(uri, cfg)).to(device)
+
+
+def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], uri: str) -> None:
+    """Every tensor, or an InputError: a checkpoint whose weights do not fit its own config.json (edited, mixed
+    up, or half-copied) is the user's to fix, not a bug."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split("\n", 2)[1:2]).strip()  # torch's first line of missing/unexpected keys
+        raise InputError(
+            f"{uri}: the {type(module).__name__} weights do not fit its config.json ({detail[:300]})"
+        ) from err
 
 
 def load_bundle_tokenizer(uri: str, cfg: VideoRobinConfig | None = None) -> Tokenizer:
@@ -127,7 +140,7 @@ def load_clip(uri: str, device: torch.device | str = "cpu") -> ClipEncoder:
     """Only the frozen CLIP tower of a checkpoint or an encoders directory (for frame-encoding workers)."""
     cfg = read_config(uri)
     if cfg.vision is None:
-        raise ValueError(f"{uri}: this checkpoint has no vision (stage 1)")
+        raise InputError(f"{uri}: this checkpoint has no vision (stage 1)")
     encoder = ClipEncoder(cfg.vision)
     if uri_exists(uri_join(uri, "clip.safetensors")):
         encoder.load_state_dict(read_safetensors(uri_join(uri, "clip.safetensors")), strict=True)
@@ -148,9 +161,9 @@ def load_vae_from_checkpoint(uri: str, device: torch.device | str = "cpu") -> Au
 def set_latent_stats(model: VideoRobin, mean: torch.Tensor, std: torch.Tensor) -> None:
     D = model.cfg.latent_dim
     if mean.shape != (D,) or std.shape != (D,):
-        raise ValueError(f"latent stats must have shape ({D},)")
+        raise InputError(f"latent stats must have shape ({D},)")
     if bool((std <= 0).any()):
-        raise ValueError("latent std must be positive")
+        raise InputError("latent std must be positive")
     model.latent_mean.copy_(mean)
     model.latent_std.copy_(std)
 

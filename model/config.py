@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag, model_validator
+
+from model.errors import InputError
 
 CONFIG_VERSION = 1
 PRESETS = ("paper", "small", "tiny")
@@ -39,11 +41,11 @@ class TransformerConfig(_Strict):
     @model_validator(mode="after")
     def _heads_divide(self) -> TransformerConfig:
         if self.hidden % self.heads:
-            raise ValueError(f"hidden {self.hidden} is not divisible by heads {self.heads}")
+            raise InputError(f"hidden {self.hidden} is not divisible by heads {self.heads}")
         if self.heads % self.kv_heads:
-            raise ValueError(f"heads {self.heads} is not divisible by kv_heads {self.kv_heads}")
+            raise InputError(f"heads {self.heads} is not divisible by kv_heads {self.kv_heads}")
         if (self.hidden // self.heads) % 2:
-            raise ValueError("head dim must be even for RoPE")
+            raise InputError("head dim must be even for RoPE")
         return self
 
     @property
@@ -91,7 +93,7 @@ class VisionConfig(_Strict):
     @model_validator(mode="after")
     def _tower_width(self) -> VisionConfig:
         if self.tower is not None and self.tower.embed_dim != self.feature_dim:
-            raise ValueError(f"vision.feature_dim {self.feature_dim} != tower.embed_dim {self.tower.embed_dim}")
+            raise InputError(f"vision.feature_dim {self.feature_dim} != tower.embed_dim {self.tower.embed_dim}")
         return self
 
 
@@ -112,9 +114,9 @@ class OobleckEncoderConfig(_Strict):
     @model_validator(mode="after")
     def _supported(self) -> OobleckEncoderConfig:
         if self.antialias_activation:
-            raise ValueError("antialias_activation=True is not supported (no released Oobleck VAE uses it)")
+            raise InputError("antialias_activation=True is not supported (no released Oobleck VAE uses it)")
         if len(self.c_mults) != len(self.strides):
-            raise ValueError("c_mults and strides must have the same length")
+            raise InputError("c_mults and strides must have the same length")
         return self
 
 
@@ -127,14 +129,14 @@ class OobleckDecoderConfig(_Strict):
     use_snake: bool = True
     antialias_activation: bool = False
     use_nearest_upsample: bool = False
-    final_tanh: bool = False
+    final_tanh: StrictBool = False  # stable-audio-tools defaults it to True: their importer fills that in
 
     @model_validator(mode="after")
     def _supported(self) -> OobleckDecoderConfig:
         if self.antialias_activation or self.use_nearest_upsample:
-            raise ValueError("antialias_activation / use_nearest_upsample are not supported")
+            raise InputError("antialias_activation / use_nearest_upsample are not supported")
         if len(self.c_mults) != len(self.strides):
-            raise ValueError("c_mults and strides must have the same length")
+            raise InputError("c_mults and strides must have the same length")
         return self
 
 
@@ -146,16 +148,18 @@ class OobleckVAEConfig(_Strict):
     encoder: OobleckEncoderConfig = OobleckEncoderConfig()
     decoder: OobleckDecoderConfig = OobleckDecoderConfig()
     checkpoint: str | None = None  # .ckpt/.safetensors in the stable-audio-tools layout
+    # stable-audio-tools' AudioAutoencoder soft clip (their model.decoder.soft_clip): tanh on the decoded audio
+    soft_clip: StrictBool = False
     chunk_latents: int = Field(default=128, gt=0)  # decode window; the overlap comes from the receptive field
 
     @model_validator(mode="after")
     def _consistent(self) -> OobleckVAEConfig:
         if self.encoder.latent_dim != 2 * self.decoder.latent_dim:
-            raise ValueError("encoder.latent_dim must be twice decoder.latent_dim (mean and scale halves)")
+            raise InputError("encoder.latent_dim must be twice decoder.latent_dim (mean and scale halves)")
         if self.encoder.strides != self.decoder.strides:
-            raise ValueError("encoder and decoder strides differ")
+            raise InputError("encoder and decoder strides differ")
         if self.encoder.in_channels != self.decoder.out_channels:
-            raise ValueError("encoder.in_channels != decoder.out_channels")
+            raise InputError("encoder.in_channels != decoder.out_channels")
         return self
 
     @property
@@ -229,15 +233,15 @@ class SpectralVAEConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> SpectralVAEConfig:
         if self.kernel % 2 == 0:
-            raise ValueError("kernel must be odd (symmetric padding)")
+            raise InputError("kernel must be odd (symmetric padding)")
         if self.n_fft % (2 * self.frame_hop):
-            raise ValueError("n_fft must be an even multiple of frame_hop (whole hops either side of a frame)")
+            raise InputError("n_fft must be an even multiple of frame_hop (whole hops either side of a frame)")
         if not self.f_min < self.f_max <= self.sample_rate / 2:
-            raise ValueError("need f_min < f_max <= sample_rate / 2")
+            raise InputError("need f_min < f_max <= sample_rate / 2")
         if self.pitch_channels >= self.latent_dim:
-            raise ValueError("pitch_channels must leave some latent channels to learn")
+            raise InputError("pitch_channels must leave some latent channels to learn")
         if self.pitch_f_min * 2 ** ((self.pitch_channels - 1) / 12) > self.sample_rate / 2:
-            raise ValueError("the top pitch channel is above the Nyquist frequency")
+            raise InputError("the top pitch channel is above the Nyquist frequency")
         return self
 
     @property
@@ -294,7 +298,7 @@ class WindowConfig(_Strict):
     @model_validator(mode="after")
     def _room(self) -> WindowConfig:
         if self.context_s >= self.window_s:
-            raise ValueError(f"context_s {self.context_s} must be shorter than window_s {self.window_s}")
+            raise InputError(f"context_s {self.context_s} must be shorter than window_s {self.window_s}")
         return self
 
 
@@ -319,13 +323,13 @@ class VideoRobinConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> VideoRobinConfig:
         if self.version != CONFIG_VERSION:
-            raise ValueError(f"config version {self.version} is not supported (expected {CONFIG_VERSION})")
+            raise InputError(f"config version {self.version} is not supported (expected {CONFIG_VERSION})")
         if self.vae.latent_dim != self.latent_dim:
-            raise ValueError(f"vae latent_dim {self.vae.latent_dim} != model latent_dim {self.latent_dim}")
+            raise InputError(f"vae latent_dim {self.vae.latent_dim} != model latent_dim {self.latent_dim}")
         if self.rite is not None and self.fsq is None:
-            raise ValueError("RITE models the residual of FSQ: rite requires fsq")
+            raise InputError("RITE models the residual of FSQ: rite requires fsq")
         if self.rite is not None and self.rite.hidden != self.semantic_lm.hidden:
-            raise ValueError("rite.hidden must equal semantic_lm.hidden (RITE reads the SemanticLM stream)")
+            raise InputError("rite.hidden must equal semantic_lm.hidden (RITE reads the SemanticLM stream)")
         return self
 
     @property
@@ -358,9 +362,16 @@ class VideoRobinConfig(_Strict):
         return cls.model_validate_json(text)
 
 
+def _why(err: Exception) -> str:
+    """A parse error's reason and place, in a few words (PyYAML's own message spans lines and quotes the text)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(err, 'problem', None) or err}{where}"
+
+
 def _apply_override(tree: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
-        raise ValueError(f"override {assignment!r} is not of the form a.b=value")
+        raise InputError(f"override {assignment!r} is not of the form a.b=value")
     dotted, raw = assignment.split("=", 1)
     keys = dotted.strip().split(".")
     node = tree
@@ -369,9 +380,12 @@ def _apply_override(tree: dict[str, Any], assignment: str) -> None:
         if child is None:
             child = node[key] = {}
         if not isinstance(child, dict):
-            raise ValueError(f"override {assignment!r}: {key} is not a section")
+            raise InputError(f"override {assignment!r}: {key} is not a section")
         node = child
-    node[keys[-1]] = yaml.safe_load(raw)
+    try:
+        node[keys[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise InputError(f"override {assignment!r}: the value is not valid YAML ({_why(err)})") from None
 
 
 def load_config(source: str = "tiny", overrides: list[str] | None = None) -> VideoRobinConfig:
@@ -384,9 +398,16 @@ def load_config(source: str = "tiny", overrides: list[str] | None = None) -> Vid
     else:
         path = Path(source)
         if not path.is_file():
-            raise ValueError(f"unknown preset or config file {source!r} (presets: {', '.join(PRESETS)})")
+            raise InputError(f"unknown preset or config file {source!r} (presets: {', '.join(PRESETS)})")
         text = path.read_text()
-        tree = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        try:
+            tree = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as err:
+            raise InputError(
+                f"{source}: not valid {'JSON' if path.suffix == '.json' else 'YAML'} ({_why(err)})"
+            ) from None
+        if not isinstance(tree, dict):
+            raise InputError(f"{source}: a config file must hold a mapping of settings")
     return _validated(tree, overrides or [])
 
 

@@ -13,6 +13,7 @@ import re
 import torch
 
 from model.config import SemanticLMConfig
+from model.errors import InputError
 from model.io import open_uri, uri_exists, uri_join
 from model.weights import read_safetensors
 
@@ -36,17 +37,17 @@ def semantic_lm_config_from_hf(hf: dict) -> SemanticLMConfig:
     """Our SemanticLM config for a transformers `config.json` (as a dict); refuses what we would compute wrongly."""
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_TYPES:
-        raise ValueError(f"unsupported model_type {model_type!r} (supported: {', '.join(SUPPORTED_TYPES)})")
+        raise InputError(f"unsupported model_type {model_type!r} (supported: {', '.join(SUPPORTED_TYPES)})")
     rope = hf.get("rope_parameters") or {"rope_type": "default", "rope_theta": hf.get("rope_theta", 10000.0)}
     if rope.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
-        raise ValueError(f"RoPE scaling {rope.get('rope_type')!r} is not supported; only plain RoPE is")
+        raise InputError(f"RoPE scaling {rope.get('rope_type')!r} is not supported; only plain RoPE is")
     if hf.get("use_sliding_window"):
-        raise ValueError("sliding-window attention is not supported")
+        raise InputError("sliding-window attention is not supported")
     if hf.get("hidden_act", "silu") != "silu" or hf.get("mlp_bias"):
-        raise ValueError("only bias-free SwiGLU (silu) MLPs are supported")
+        raise InputError("only bias-free SwiGLU (silu) MLPs are supported")
     hidden, heads = hf["hidden_size"], hf["num_attention_heads"]
     if hf.get("head_dim") not in (None, hidden // heads):
-        raise ValueError(f"head_dim {hf['head_dim']} != hidden_size / num_attention_heads")
+        raise InputError(f"head_dim {hf['head_dim']} != hidden_size / num_attention_heads")
     return SemanticLMConfig(
         hidden=hidden,
         layers=hf["num_hidden_layers"],
@@ -72,7 +73,7 @@ def map_hf_key(key: str) -> str | None:
     match = _LAYER_KEY.match(key)
     if match and match.group(2) in _LAYER_MAP:
         return f"semantic_lm.layers.{match.group(1)}.{_LAYER_MAP[match.group(2)]}.{match.group(3)}"
-    raise KeyError(f"unexpected key {key!r} in the checkpoint")
+    raise InputError(f"unexpected key {key!r} in the checkpoint")
 
 
 def read_hf_weights(directory: str) -> dict[str, torch.Tensor]:
@@ -97,7 +98,7 @@ def load_hf_semantic_lm(model: torch.nn.Module, directory: str) -> None:
     with open_uri(uri_join(directory, "config.json"), "rt") as f:
         hf_cfg = semantic_lm_config_from_hf(json.load(f))
     if hf_cfg != model.cfg.semantic_lm:
-        raise ValueError(f"checkpoint's SemanticLM {hf_cfg} does not match the model's {model.cfg.semantic_lm}")
+        raise InputError(f"checkpoint's SemanticLM {hf_cfg} does not match the model's {model.cfg.semantic_lm}")
     ours = {k: v for k, v in model.state_dict().items() if k.startswith(("embed.", "semantic_lm."))}
     mapped: dict[str, torch.Tensor] = {}
     for key, tensor in read_hf_weights(directory).items():
@@ -105,13 +106,13 @@ def load_hf_semantic_lm(model: torch.nn.Module, directory: str) -> None:
         if target is None:
             continue
         if target not in ours:
-            raise KeyError(f"{key} maps to {target}, which the model does not have")
+            raise InputError(f"{key} maps to {target}, which the model does not have")
         if tuple(tensor.shape) != tuple(ours[target].shape):
-            raise ValueError(f"{key}: shape {tuple(tensor.shape)} != {tuple(ours[target].shape)}")
+            raise InputError(f"{key}: shape {tuple(tensor.shape)} != {tuple(ours[target].shape)}")
         mapped[target] = tensor
     missing = sorted(set(ours) - set(mapped))
     if missing:
-        raise KeyError(f"checkpoint lacks {len(missing)} SemanticLM tensors, e.g. {missing[:3]}")
+        raise InputError(f"checkpoint lacks {len(missing)} SemanticLM tensors, e.g. {missing[:3]}")
     with torch.no_grad():
         for target, tensor in mapped.items():
             ours[target].copy_(tensor)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from model.config import TextConfig
+from model.errors import InputError
 from model.io import local_dir_copy
 
 BYTE_OFFSET = 3  # ids 0..2 are kept free (pad, bos, eos) so byte b maps to id b + 3
@@ -40,5 +41,5 @@ class HFTokenizer:
 def load_tokenizer(cfg: TextConfig, vocab_size: int) -> Tokenizer:
     tok = ByteTokenizer() if cfg.tokenizer is None else HFTokenizer(cfg.tokenizer)
     if tok.vocab_size > vocab_size:
-        raise ValueError(f"tokenizer has {tok.vocab_size} ids but the SemanticLM embeds only {vocab_size}")
+        raise InputError(f"tokenizer has {tok.vocab_size} ids but the SemanticLM embeds only {vocab_size}")
     return tok

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from model.config import VideoRobinConfig
+from model.errors import InputError
 from model.videorobin import Conditions, VideoRobin
 
 STAGE2_NEW = ("vision_proj.", "clip.")  # trained from scratch / frozen from the encoders, not from stage 1
@@ -114,7 +115,7 @@ def load_weights(model: VideoRobin, state: dict[str, torch.Tensor], allow_missin
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(allow_missing)]
     if missing or unexpected:
-        raise ValueError(
+        raise InputError(
             f"weights do not fit this model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )

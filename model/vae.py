@@ -33,6 +33,7 @@ from model.config import (
     SpectralVAEConfig,
     VAEConfig,
 )
+from model.errors import InputError
 from model.io import open_uri
 from model.weights import read_safetensors, read_torch_checkpoint
 
@@ -107,8 +108,12 @@ class OobleckEncoder(_Blocks):
 
 
 class OobleckDecoder(_Blocks):
-    def __init__(self, cfg: OobleckDecoderConfig) -> None:
+    """stable-audio-tools' OobleckDecoder; `soft_clip` adds their AudioAutoencoder's tanh on the decoded audio
+    (applied after the decoder's own `final_tanh`, so both on means tanh twice, as there)."""
+
+    def __init__(self, cfg: OobleckDecoderConfig, soft_clip: bool = False) -> None:
         super().__init__()
+        self.soft_clip = soft_clip
         widths = [cfg.channels] + [m * cfg.channels for m in cfg.c_mults]
         layers = [nn.Conv1d(cfg.latent_dim, widths[-1], kernel_size=7, padding=3)]
         for i in range(len(cfg.strides), 0, -1):
@@ -119,6 +124,10 @@ class OobleckDecoder(_Blocks):
             nn.Tanh() if cfg.final_tanh else nn.Identity(),
         ]
         self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(x)
+        return torch.tanh(x) if self.soft_clip else x
 
 
 class AudioAutoencoder(nn.Module, abc.ABC):
@@ -187,9 +196,9 @@ class OobleckVAE(AudioAutoencoder):
     def __init__(self, cfg: OobleckVAEConfig) -> None:
         super().__init__(cfg)
         if any(s % 2 for s in cfg.encoder.strides):
-            raise ValueError("odd strides would make decoded lengths differ from latents x hop")
+            raise InputError("odd strides would make decoded lengths differ from latents x hop")
         self.encoder = OobleckEncoder(cfg.encoder)
-        self.decoder = OobleckDecoder(cfg.decoder)
+        self.decoder = OobleckDecoder(cfg.decoder, soft_clip=cfg.soft_clip)
         self.freeze()
 
     @torch.no_grad()
@@ -309,35 +318,66 @@ def _fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
+# Where stable-audio-tools files keep the autoencoder: a training checkpoint's wrapper (`autoencoder.`) and a
+# full diffusion model's pretransform (`pretransform.model.`, how Stable Audio Open ships model.safetensors).
+_AUTOENCODER_PREFIXES = ("autoencoder.", "pretransform.model.")
+
+
 def read_stable_audio_state_dict(uri: str) -> dict[str, torch.Tensor]:
     """The autoencoder tensors of a stable-audio-tools checkpoint (.ckpt/.pt or .safetensors).
 
-    Accepts a bare autoencoder state dict or a training checkpoint ({"state_dict": ...} whose autoencoder
-    keys start with "autoencoder."); discriminator/EMA tensors of a training checkpoint are left out.
+    Accepts a bare autoencoder state dict (`encoder.*`, `decoder.*`), a training checkpoint ({"state_dict": ...}
+    whose autoencoder keys start with "autoencoder."; discriminator/EMA tensors are left out) or a full model
+    whose autoencoder is its pretransform (keys "pretransform.model.*"; the diffusion and conditioner tensors
+    are left out). Anything else is refused.
     """
     if uri.endswith(".safetensors"):
         state = read_safetensors(uri)
     else:
         state = read_torch_checkpoint(uri)
         state = state.get("state_dict", state)
-    if any(k.startswith("autoencoder.") for k in state):
-        state = {k.removeprefix("autoencoder."): v for k, v in state.items() if k.startswith("autoencoder.")}
+    for prefix in _AUTOENCODER_PREFIXES:
+        if any(k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            break
     state = {k: v for k, v in state.items() if k.startswith(("encoder.", "decoder."))}
+    if not state:
+        raise InputError(
+            f"{uri}: no Oobleck autoencoder tensors found; expected keys `encoder.*`/`decoder.*`, optionally under "
+            f"one of {', '.join(repr(p) for p in _AUTOENCODER_PREFIXES)}"
+        )
     return _fold_weight_norm(state)
 
 
 def vae_config_from_stable_audio(model_config: dict, checkpoint: str | None = None) -> OobleckVAEConfig:
-    """Our VAEConfig from a stable-audio-tools `model_config.json` of an Oobleck autoencoder with a VAE bottleneck."""
+    """Our VAEConfig from a stable-audio-tools `model_config.json`: an Oobleck autoencoder with a VAE bottleneck,
+    or a full model (Stable Audio Open's) whose `pretransform` is one.
+
+    Follows their factories: the decoder's `final_tanh` defaults to True when the config leaves it out, and
+    `model.decoder.soft_clip` (beside the decoder's `type` and `config`) turns on the autoencoder's soft clip.
+    """
     model = model_config["model"]
+    if model_config.get("model_type", "autoencoder") != "autoencoder" or "encoder" not in model:
+        pretransform = model.get("pretransform")
+        if pretransform is None:
+            raise InputError("the model config has neither an autoencoder nor a pretransform")
+        if pretransform.get("type") != "autoencoder":
+            raise InputError(f"pretransform type {pretransform.get('type')!r} is not supported (autoencoder only)")
+        if pretransform.get("scale", 1.0) != 1.0:
+            raise InputError(f"pretransform scale {pretransform['scale']!r} is not supported (1.0 only)")
+        model = pretransform["config"]
     for part in ("encoder", "decoder"):
         if model[part]["type"] != "oobleck":
-            raise ValueError(f"{part} type {model[part]['type']!r} is not supported (oobleck only)")
+            raise InputError(f"{part} type {model[part]['type']!r} is not supported (oobleck only)")
     if model.get("bottleneck", {}).get("type") != "vae":
-        raise ValueError("only the 'vae' bottleneck is supported")
+        raise InputError("only the 'vae' bottleneck is supported")
+    if model.get("pretransform") is not None:
+        raise InputError("an autoencoder with its own pretransform is not supported")
     return OobleckVAEConfig(
         sample_rate=model_config["sample_rate"],
         encoder=OobleckEncoderConfig(**model["encoder"]["config"]),
-        decoder=OobleckDecoderConfig(**model["decoder"]["config"]),
+        decoder=OobleckDecoderConfig(**{"final_tanh": True, **model["decoder"]["config"]}),
+        soft_clip=model["decoder"].get("soft_clip", False),  # a strict bool: "false" or 0 is refused, not guessed
         checkpoint=checkpoint,
     )
 

@@ -13,12 +13,14 @@ import warnings
 import numpy as np
 from scipy import linalg
 
+from model.errors import InputError
+
 
 def gaussian(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, covariance) of (N, D) embeddings, in float64."""
     x = np.asarray(embeddings, np.float64)
     if x.ndim != 2 or len(x) < 2:
-        raise ValueError(f"need (N >= 2, D) embeddings, got shape {x.shape}")
+        raise InputError(f"need (N >= 2, D) embeddings, got shape {x.shape}")
     return x.mean(0), np.cov(x, rowvar=False)
 
 
@@ -71,7 +73,7 @@ def density_coverage(reference: np.ndarray, generated: np.ndarray, nearest_k: in
     from prdc import compute_prdc
 
     if min(len(reference), len(generated)) <= nearest_k:
-        raise ValueError(f"density/coverage with k={nearest_k} needs more than {nearest_k} clips per set")
+        raise InputError(f"density/coverage with k={nearest_k} needs more than {nearest_k} clips per set")
     with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes
         scores = compute_prdc(np.asarray(reference), np.asarray(generated), nearest_k=nearest_k)
     return {"density": float(scores["density"]), "coverage": float(scores["coverage"])}

@@ -17,6 +17,7 @@ import torch
 
 from model.engine.engine import Engine, PatchOutput, Progress
 from model.engine.request import GenerationRequest
+from model.errors import InputError
 
 # (window start in seconds on the video's timeline, each candidate's (C, S) audio, sample rate) -> index
 Choose = Callable[[float, list[np.ndarray], int], int]
@@ -41,7 +42,7 @@ def stream_aligned(
 ) -> Iterator[PatchOutput]:
     """The request's patches, window by window, each window the chosen one of `candidates`."""
     if not 1 <= candidates <= MAX_CANDIDATES:
-        raise ValueError(f"align_cuts must be in [1, {MAX_CANDIDATES}] (got {candidates})")
+        raise InputError(f"align_cuts must be in [1, {MAX_CANDIDATES}] (got {candidates})")
     cfg = engine.cfg
     history = list(request.context) if request.context is not None else []
     produced = 0

@@ -28,6 +28,7 @@ from model.engine.request import AudioPrompt, GenerationParams, GenerationReques
 from model.engine.runner import Runner, patch_noise, refine_patches
 from model.engine.scheduler import RowState, Scheduler
 from model.engine.windows import FrameSource, VideoFrames, frames_per_window, window_frames, windows_of
+from model.errors import InputError
 from model.media import MediaError, probe_video
 from model.vae import AudioAutoencoder, decode_window_array
 from model.videorobin import Conditions, VideoRobin
@@ -105,7 +106,7 @@ class Engine:
         if cfg.vision is not None:
             frames = frames_per_window(cfg)
             if frames > cfg.vision.max_frames:
-                raise ValueError(f"a {cfg.window.window_s:g} s window holds {frames} frames > vision.max_frames")
+                raise InputError(f"a {cfg.window.window_s:g} s window holds {frames} frames > vision.max_frames")
         max_len = cfg.text.max_tokens + frames + 1 + cfg.window_patches
         self.scheduler = Scheduler(max_batch, self.plan_windows, cfg.context_patches)
         self.runner = Runner(bundle.model.eval(), max_batch, max_len, self.device)
@@ -158,7 +159,7 @@ class Engine:
             kept_s = first_patch * self.cfg.patch_s
             total = params.duration_s or video_duration_s or audio_prompt.seconds
             if total <= kept_s:
-                raise ValueError(f"--from {kept_s:.2f} s leaves nothing to write (the end is {total:.2f} s)")
+                raise InputError(f"--from {kept_s:.2f} s leaves nothing to write (the end is {total:.2f} s)")
             params = replace(params, duration_s=total - kept_s)
         duration = resolve_duration(params, video_duration_s, self.max_duration_s)
         if self.cfg.vision is not None and video is not None and frames is None:
@@ -179,7 +180,7 @@ class Engine:
         audio = prompt.kept(per_patch)
         whole = audio.shape[1] // per_patch  # of this (tail of the) prompt
         if whole == 0:
-            raise ValueError(f"the audio prompt is shorter than one patch ({cfg.patch_s * 1000:.0f} ms)")
+            raise InputError(f"the audio prompt is shorter than one patch ({cfg.patch_s * 1000:.0f} ms)")
         take = min(whole, cfg.context_patches + PROMPT_MARGIN_PATCHES)
         clip = torch.from_numpy(audio[:, audio.shape[1] - take * per_patch :]).to(self.device)
         latents = vae.encode(clip[None].to(next(vae.parameters()).dtype))  # (1, D, take * P)

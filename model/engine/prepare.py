@@ -11,6 +11,7 @@ import torch
 from model.config import STATIC_PROMPT, VideoRobinConfig
 from model.engine.request import AudioPrompt, GenerationParams, GenerationRequest
 from model.engine.windows import FeatureFrames, FrameSource
+from model.errors import InputError
 
 DEFAULT_MAX_DURATION_S = 2 * 3600.0  # the only length limit: what one request may ask for
 PROMPT_MARGIN_PATCHES = 13  # ~2 s of audio before the context patches: the VAE encoder's receptive field
@@ -21,7 +22,7 @@ def tokenize_prompt(tokenizer, cfg: VideoRobinConfig, prompt: str | None) -> tor
     text = (prompt or "").strip() or STATIC_PROMPT
     ids = tokenizer.encode(text)
     if len(ids) > cfg.text.max_tokens:
-        raise ValueError(f"prompt has {len(ids)} tokens; the limit is {cfg.text.max_tokens}")
+        raise InputError(f"prompt has {len(ids)} tokens; the limit is {cfg.text.max_tokens}")
     return torch.tensor(ids, dtype=torch.long)
 
 
@@ -29,9 +30,9 @@ def resolve_duration(params: GenerationParams, video_duration_s: float | None, m
     """Seconds of music: the asked duration, else the video's; refused above `max_duration_s`."""
     duration = params.duration_s or video_duration_s
     if duration is None:
-        raise ValueError("a duration is needed when no video is given")
+        raise InputError("a duration is needed when no video is given")
     if duration > max_duration_s:
-        raise ValueError(f"duration {duration:.2f} s exceeds this engine's limit of {max_duration_s:.0f} s")
+        raise InputError(f"duration {duration:.2f} s exceeds this engine's limit of {max_duration_s:.0f} s")
     return duration
 
 
@@ -46,7 +47,7 @@ def build_request(
     first_patch: int = 0,
 ) -> GenerationRequest:
     if frames is not None and cfg.vision is None:
-        raise ValueError("this checkpoint has no vision (stage 1): it cannot take video frames")
+        raise InputError("this checkpoint has no vision (stage 1): it cannot take video frames")
     return GenerationRequest(
         request_id=request_id or uuid.uuid4().hex,
         text_ids=text_ids,

@@ -9,6 +9,7 @@ import torch
 
 from model.config import FlowConfig, VideoRobinConfig
 from model.engine.windows import FrameSource
+from model.errors import InputError
 from model.vae import DecodeWindow, StreamingLatents
 
 
@@ -23,13 +24,13 @@ class GenerationParams:
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be at least 1 (got {self.steps})")
+            raise InputError(f"steps must be at least 1 (got {self.steps})")
         if self.guidance is not None and self.guidance < 0:
-            raise ValueError(f"guidance (cfg) must be >= 0 (got {self.guidance})")
+            raise InputError(f"guidance (cfg) must be >= 0 (got {self.guidance})")
         if self.duration_s is not None and not self.duration_s > 0:
-            raise ValueError(f"duration must be positive (got {self.duration_s})")
+            raise InputError(f"duration must be positive (got {self.duration_s})")
         if not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be in [0, 2**63) (got {self.seed})")
+            raise InputError(f"seed must be in [0, 2**63) (got {self.seed})")
 
     def with_defaults(self, flow: FlowConfig) -> GenerationParams:
         """These parameters with the model's sampler settings where the caller left them open."""
@@ -54,7 +55,7 @@ class AudioPrompt:
 
     def __post_init__(self) -> None:
         if self.from_s is not None and not 0 < self.from_s < self.seconds:
-            raise ValueError(f"--from {self.from_s:g} s is outside the track (0 to {self.seconds:.2f} s)")
+            raise InputError(f"--from {self.from_s:g} s is outside the track (0 to {self.seconds:.2f} s)")
 
     @property
     def seconds(self) -> float:

@@ -1,5 +1,6 @@
-"""The `videorobin` console script, run as a user runs it (a real subprocess)."""
+"""The `videorobin` console script, run as a user runs it (a real subprocess, or `main` in this process)."""
 
+import os
 import subprocess
 import sys
 
@@ -57,6 +58,7 @@ BAD = {
     "audio only": (["--video", "{bad}/audio_only.m4a"], "no video stream"),
     "zero-length video": (["--video", "{bad}/no_frames.mp4"], "zero-length"),
     "empty file": (["--video", "{bad}/empty.mp4"], "empty"),
+    "still image": (["--video", "{bad}/still.png"], "a still image (png_pipe), not a video"),
     "unknown preset": (["--video", "{good}", "--preset", "giant"], "unknown preset"),
     "steps < 1": (["--video", "{good}", "--steps", "0"], "steps must be at least 1"),
     "cfg < 0": (["--video", "{good}", "--cfg", "-1"], "guidance (cfg) must be >= 0"),
@@ -169,3 +171,126 @@ def test_continuation_follows_its_prompt_with_no_gap_and_from_rewrites_the_rest(
     kept = 6 * 7680  # --from 1.0 s keeps 6 whole patches (0.96 s)
     assert np.allclose(rewritten[:kept], audio[:kept], atol=1 / 32767)
     assert not np.allclose(rewritten[kept:], audio[kept:], atol=1e-2)
+
+
+# ---- errors a user can act on (exit 2, one line) vs bugs (exit 70, traceback saved) -------------------------
+
+
+def _main(capsys, *args: str) -> tuple[int, str]:
+    """`videorobin ARGS` in this process (fast: torch is already imported), as (exit status, stderr)."""
+    from jobs.cli import main
+
+    status = main(list(args))
+    return status, capsys.readouterr().err
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """A fresh, empty temporary directory for the command (its crash reports, its scratch files)."""
+    import tempfile
+
+    where = tmp_path / "tmp"
+    where.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(where))
+    return where
+
+
+def _mismatched_checkpoint(tmp_path) -> str:
+    import json
+
+    from model.build import build_bundle
+    from model.checkpoint import save_bundle
+    from model.config import load_config
+
+    save_bundle(build_bundle(load_config("tiny")), str(tmp_path / "ck"))
+    config = json.loads((tmp_path / "ck" / "config.json").read_text())
+    config["semantic_lm"]["layers"] += 1  # valid on its own, but the saved weights have one layer fewer
+    (tmp_path / "ck" / "config.json").write_text(json.dumps(config))
+    return str(tmp_path / "ck")
+
+
+USER_FIXABLE = {  # input a user can fix, that used to end in a traceback
+    "config file not YAML": (["info", "--preset", "{tmp}/bad.yaml"], "bad.yaml: not valid YAML"),
+    "config file not a mapping": (["info", "--preset", "{tmp}/list.yaml"], "must hold a mapping"),
+    "--set value not YAML": (["info", "--preset", "tiny", "--set", "semantic_lm.layers=[1"], "not valid YAML"),
+    "checkpoint that does not fit its config": (
+        ["generate", "--checkpoint", "{ck}", "--prompt", "x", "--duration", "1", "--out", "{tmp}/o.wav"],
+        "weights do not fit its config.json",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", USER_FIXABLE)
+def test_input_a_user_can_fix_is_one_line_and_exit_2(tmp_path, scratch, capsys, case):
+    (tmp_path / "bad.yaml").write_text("semantic_lm: {layers: 2\n")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    args, message = USER_FIXABLE[case]
+    ck = _mismatched_checkpoint(tmp_path) if "{ck}" in " ".join(args) else None
+    status, err = _main(capsys, *[a.format(tmp=tmp_path, ck=ck) for a in args])
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("videorobin: error: ") and message in lines[0], err
+    assert list(scratch.iterdir()) == []  # no crash report: not a bug
+
+
+def _libsndfile_fails(monkeypatch, error: type[Exception]) -> None:
+    """The FLAC writer (a library generate calls, not our code) fails as a bug in it or in our use of it would."""
+    import soundfile
+
+    def broken(*args, **kwargs):
+        raise error("libsndfile: internal buffer overrun")
+
+    monkeypatch.setattr(soundfile, "SoundFile", broken)
+
+
+GENERATE_FLAC = ["generate", "--preset", "tiny", "--prompt", "x", "--duration", "1", "--steps", "1"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError, ValueError])  # a ValueError from inside is a bug too, not input
+def test_an_unexpected_exception_is_a_bug_exit_70_with_its_traceback_in_a_file(
+    tmp_path, scratch, capsys, monkeypatch, error
+):
+    _libsndfile_fails(monkeypatch, error)
+    out = tmp_path / "music.flac"
+    status, err = _main(capsys, *GENERATE_FLAC, "--out", str(out))
+    assert status == 70, err
+    lines = [line for line in err.splitlines() if line.startswith("videorobin:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    line = lines[0]
+    assert line.startswith(f"videorobin: internal error: {error.__name__}: libsndfile: internal buffer overrun")
+    assert "this is a bug" in line and "traceback written to " in line
+    report = line.split("traceback written to ")[1].strip()
+    assert os.path.dirname(report) == str(scratch) and os.path.basename(report).startswith("videorobin-crash-")
+    text = open(report).read()
+    assert "Traceback (most recent call last)" in text and "write_audio_stream" in text
+    assert f"{error.__name__}: libsndfile: internal buffer overrun" in text
+    assert [p.name for p in scratch.iterdir()] == [os.path.basename(report)]  # --preset left no checkpoint
+    assert not out.exists()
+
+
+def test_verbose_prints_the_traceback_before_or_after_the_command(tmp_path, scratch, capsys, monkeypatch):
+    _libsndfile_fails(monkeypatch, RuntimeError)
+    status, err = _main(capsys, "--verbose", *GENERATE_FLAC, "--out", str(tmp_path / "music.flac"))
+    assert status == 70
+    assert "Traceback (most recent call last)" in err and "write_audio_stream" in err
+    assert err.strip().splitlines()[-1].startswith("videorobin: internal error: RuntimeError: libsndfile")
+    assert list(scratch.iterdir()) == []  # the traceback went to stderr, not to a file
+    status, err = _main(capsys, "info", "--preset", "giant", "--verbose")  # bad input: the traceback too
+    assert status == 2
+    assert "Traceback (most recent call last)" in err and "load_config" in err
+    assert err.strip().splitlines()[-1].startswith("videorobin: error: unknown preset")
+
+
+def test_serve_with_a_preset_removes_its_random_checkpoint_when_it_ends(scratch, capsys, monkeypatch):
+    """serve --preset saves random weights for its replicas to load; they go when the command ends, here when
+    the Ray cluster cannot be reached (a user error: the address)."""
+    import ray
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("could not connect to the Ray cluster at 10.0.0.1:6379")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", unreachable)
+    status, err = _main(capsys, "serve", "--preset", "tiny", "--address", "10.0.0.1:6379", "--mode", "fused")
+    assert status == 2 and err.strip().splitlines()[-1].startswith("videorobin: error: could not connect"), err
+    assert list(scratch.iterdir()) == []

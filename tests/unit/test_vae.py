@@ -171,3 +171,82 @@ def test_latents_streamed_patch_by_patch_decode_to_the_whole_clip_bit_for_bit():
     assert stream.done and len(pieces) == 4
     assert first_at == 32 + vae.context + (-(32 + vae.context) % 4)  # the first window needs its right context
     assert torch.equal(torch.from_numpy(np.concatenate(pieces, axis=1)), whole)
+
+
+def _sao_full_model_config(cfg) -> dict:
+    """A stable-audio-tools diffusion model_config.json whose pretransform is the Oobleck VAE (Stable Audio Open's
+    shape: `model.pretransform.config` holds the autoencoder config)."""
+    autoencoder = _stable_audio_model_config(cfg)
+    return {
+        "model_type": "diffusion_cond",
+        "sample_rate": cfg.sample_rate,
+        "audio_channels": 2,
+        "model": {
+            "pretransform": {"type": "autoencoder", "iterate_batch": True, "config": autoencoder["model"]},
+            "conditioning": {"configs": [], "cond_dim": 8},
+            "diffusion": {"type": "dit", "config": {}},
+            "io_channels": cfg.latent_dim,
+        },
+    }
+
+
+def _decode_outputs(vae, latents):
+    with torch.no_grad():
+        return vae.decoder(latents), vae.decode(latents, chunk=4)
+
+
+def test_soft_clip_in_a_stable_audio_config_is_honoured(tmp_path):
+    """stable-audio-tools reads `model.decoder.soft_clip` and applies tanh to the decoded audio."""
+    cfg = load_config("tiny").vae
+    torch.save(_weight_normed_reference(cfg).state_dict(), tmp_path / "vae.ckpt")
+    conf = _stable_audio_model_config(cfg)
+    (tmp_path / "plain.json").write_text(json.dumps(conf))
+    conf["model"]["decoder"]["soft_clip"] = True
+    (tmp_path / "soft.json").write_text(json.dumps(conf))
+    plain = load_vae_from_stable_audio(str(tmp_path / "plain.json"), str(tmp_path / "vae.ckpt"))
+    soft = load_vae_from_stable_audio(str(tmp_path / "soft.json"), str(tmp_path / "vae.ckpt"))
+    assert (plain.cfg.soft_clip, soft.cfg.soft_clip) == (False, True)
+    latents = torch.randn(1, cfg.latent_dim, 12) * 3
+    for want, got in zip(_decode_outputs(plain, latents), _decode_outputs(soft, latents), strict=True):
+        assert want.abs().max() > 1.5  # the clip has something to do
+        assert torch.allclose(got, torch.tanh(want), atol=1e-6)
+        assert got.abs().max() < 1
+    # Our config.json carries it: a checkpoint reloads with the same decoder.
+    again = OobleckVAE(type(cfg).model_validate_json(soft.cfg.model_dump_json()))
+    assert again.cfg.soft_clip and again.decoder.soft_clip
+    assert not OobleckVAE(cfg).decoder.soft_clip  # old configs (no field) stay unclipped
+
+
+def test_stable_audio_decoder_flags_follow_their_defaults_and_bad_values_are_refused():
+    conf = _stable_audio_model_config(load_config("tiny").vae)
+    del conf["model"]["decoder"]["config"]["final_tanh"]  # stable-audio-tools' OobleckDecoder defaults it to True
+    assert vae_config_from_stable_audio(conf).decoder.final_tanh is True
+    for bad in ("false", 1):
+        conf["model"]["decoder"]["soft_clip"] = bad
+        with pytest.raises(ValueError, match="soft_clip"):
+            vae_config_from_stable_audio(conf)
+
+
+def test_full_model_file_loads_its_pretransform_autoencoder(tmp_path):
+    """Stable Audio Open ships one model.safetensors: `pretransform.model.*` beside diffusion and conditioner keys."""
+    from model.weights import write_safetensors
+
+    cfg = load_config("tiny").vae
+    state = {k: v.contiguous() for k, v in _weight_normed_reference(cfg).state_dict().items()}
+    write_safetensors(str(tmp_path / "vae.safetensors"), state)
+    full = {f"pretransform.model.{k}": v for k, v in state.items()}
+    full |= {"model.model.x": torch.randn(4, 4), "conditioner.y": torch.randn(3)}
+    write_safetensors(str(tmp_path / "model.safetensors"), full)
+    (tmp_path / "vae.json").write_text(json.dumps(_stable_audio_model_config(cfg)))
+    (tmp_path / "model_config.json").write_text(json.dumps(_sao_full_model_config(cfg)))
+
+    plain = load_vae_from_stable_audio(str(tmp_path / "vae.json"), str(tmp_path / "vae.safetensors"))
+    whole = load_vae_from_stable_audio(str(tmp_path / "model_config.json"), str(tmp_path / "model.safetensors"))
+    assert whole.cfg.model_dump(exclude={"checkpoint"}) == plain.cfg.model_dump(exclude={"checkpoint"})
+    latents = torch.randn(1, cfg.latent_dim, 12)
+    for want, got in zip(_decode_outputs(plain, latents), _decode_outputs(whole, latents), strict=True):
+        assert torch.equal(got, want)
+
+    write_safetensors(str(tmp_path / "other.safetensors"), {"model.model.x": torch.randn(4, 4)})
+    with pytest.raises(ValueError, match="pretransform.model."):
+        load_vae_from_stable_audio(str(tmp_path / "vae.json"), str(tmp_path / "other.safetensors"))

@@ -14,6 +14,7 @@ Every number a report prints names the embedder that produced it.
 from __future__ import annotations
 
 from jobs.evaluation.embedders.base import AudioEmbedder, AudioFeatures
+from model.errors import InputError
 
 AUDIO_EMBEDDERS = ("musicnn", "vggish", "panns")
 NEEDS_WEIGHTS = ("vggish", "panns")
@@ -24,9 +25,9 @@ def parse_embedder(spec: str) -> tuple[str, str | None]:
     name, _, uri = spec.partition("=")
     name = name.strip().lower()
     if name not in AUDIO_EMBEDDERS:
-        raise ValueError(f"unknown embedder {name!r}; choose from {', '.join(AUDIO_EMBEDDERS)}")
+        raise InputError(f"unknown embedder {name!r}; choose from {', '.join(AUDIO_EMBEDDERS)}")
     if name in NEEDS_WEIGHTS and not uri:
-        raise ValueError(f"embedder {name} needs its weights: --embedder {name}=PATH_OR_URI")
+        raise InputError(f"embedder {name} needs its weights: --embedder {name}=PATH_OR_URI")
     return name, uri or None
 
 

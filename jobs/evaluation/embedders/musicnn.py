@@ -34,6 +34,7 @@ from torch import nn
 from jobs.evaluation.embedders.base import AudioFeatures
 from jobs.evaluation.embedders.tf_bundle import checkpoint_prefix, read_tf_checkpoint
 from jobs.evaluation.music import to_mono
+from model.errors import InputError
 
 SAMPLE_RATE = 16000
 N_FFT, HOP, N_MELS = 512, 256, 96
@@ -140,7 +141,7 @@ class Musicnn(nn.Module):
         with torch.no_grad():
             for param, value in state.items():
                 if tuple(param.shape) != value.shape:
-                    raise ValueError(f"musicnn checkpoint: shape {value.shape} does not fit {tuple(param.shape)}")
+                    raise InputError(f"musicnn checkpoint: shape {value.shape} does not fit {tuple(param.shape)}")
                 param.copy_(torch.tensor(value))
 
 

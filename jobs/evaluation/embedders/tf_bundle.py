@@ -12,6 +12,7 @@ import struct
 
 import numpy as np
 
+from model.errors import InputError
 from model.io import read_bytes, uri_join
 
 SSTABLE_MAGIC = 0xDB4775248B80FB57
@@ -34,7 +35,7 @@ def _block(table: bytes, handle: bytes) -> bytes:
     offset, pos = _varint(handle, 0)
     size, _ = _varint(handle, pos)
     if table[offset + size] != 0:  # the 5-byte trailer starts with the compression type
-        raise ValueError("compressed SSTable blocks are not supported")
+        raise InputError("compressed SSTable blocks are not supported")
     return table[offset : offset + size]
 
 
@@ -56,7 +57,7 @@ def _block_entries(block: bytes):
 def _sstable(table: bytes) -> dict[bytes, bytes]:
     footer = table[-FOOTER_BYTES:]
     if struct.unpack("<Q", footer[-8:])[0] != SSTABLE_MAGIC:
-        raise ValueError("not a TensorFlow checkpoint index (bad SSTable magic)")
+        raise InputError("not a TensorFlow checkpoint index (bad SSTable magic)")
     _, pos = _varint(footer, 0)  # skip the metaindex handle
     _, pos = _varint(footer, pos)
     index = _block(table, footer[pos:])
@@ -77,7 +78,7 @@ def _fields(message: bytes) -> list[tuple[int, int | bytes]]:
             size, pos = _varint(message, pos)
             value, pos = message[pos : pos + size], pos + size
         else:
-            raise ValueError(f"unexpected protobuf wire type {wire}")
+            raise InputError(f"unexpected protobuf wire type {wire}")
         out.append((number, value))
     return out
 
@@ -109,7 +110,7 @@ def read_tf_checkpoint(prefix: str, skip: tuple[str, ...] = ("Adam", "power")) -
             continue
         dtype, shape, shard, offset, size = _entry(proto)
         if dtype != DT_FLOAT:
-            raise ValueError(f"{name}: only float32 variables are supported (dtype {dtype})")
+            raise InputError(f"{name}: only float32 variables are supported (dtype {dtype})")
         tensors[name] = np.frombuffer(data[shard], "<f4", count=size // 4, offset=offset).reshape(shape)
     return tensors
 
