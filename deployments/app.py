@@ -26,7 +26,7 @@ def build_app(cfg: ServeConfig) -> Application:
     opts, limits = cfg.deployments, cfg.limits
     if cfg.mode == "fused":
         fused = Fused.options(**opts.fused.serve_options()).bind(
-            cfg.checkpoint, cfg.device, cfg.planner_capacity, limits.max_video_s
+            cfg.checkpoint, cfg.device, cfg.planner_capacity, limits.max_video_s, cfg.planner_stall_s
         )
         return Ingress.options(**opts.ingress.serve_options()).bind(cfg.model_dump(), fused, fused)
     encoder = None
@@ -38,7 +38,14 @@ def build_app(cfg: ServeConfig) -> Application:
         cfg.checkpoint, cfg.device, cfg.refiner_batch, cfg.batch_wait_s
     )
     planner = Planner.options(**opts.planner.serve_options()).bind(
-        cfg.checkpoint, refiner, encoder, cfg.device, cfg.planner_capacity, limits.max_video_s, cfg.refine_retry_s
+        cfg.checkpoint,
+        refiner,
+        encoder,
+        cfg.device,
+        cfg.planner_capacity,
+        limits.max_video_s,
+        cfg.refine_retry_s,
+        cfg.planner_stall_s,
     )
     decoder = AudioDecoder.options(**opts.decoder.serve_options()).bind(cfg.checkpoint, cfg.device)
     return Ingress.options(**opts.ingress.serve_options()).bind(cfg.model_dump(), planner, decoder)

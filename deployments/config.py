@@ -77,9 +77,11 @@ class ServeConfig(BaseModel):
     encoder_batch: int = Field(default=8, ge=1)
     refiner_batch: int = Field(default=16, ge=1)  # planner steps merged into one LocDiT call
     batch_wait_s: float = Field(default=0.005, ge=0)
-    refine_retry_s: float = Field(default=30.0, gt=0)  # how long a planner retries a lost Refiner
+    refine_retry_s: float = Field(default=30.0, gt=0)  # how long a planner retries a lost Refiner or FrameEncoder
+    planner_stall_s: float = Field(default=120.0, gt=0)  # a patch step running longer fails the health check
     allowed_uri_prefixes: list[str] = Field(default_factory=list)  # where JSON `video_uri`s may point
     auth_token: str | None = None  # bearer token; also read from $VIDEOROBIN_API_TOKEN
+    require_token: bool = False  # refuse to start without a token, so the API can never be open by mistake
     limits: Limits = Field(default_factory=Limits)
     deployments: Deployments = Field(default_factory=Deployments)
 
@@ -87,7 +89,13 @@ class ServeConfig(BaseModel):
     def _token_from_env(self) -> ServeConfig:
         if self.auth_token is None and os.environ.get(TOKEN_ENV):
             self.auth_token = os.environ[TOKEN_ENV]
+        if self.require_token and not self.auth_token:
+            raise ValueError(f"require_token is set but no auth_token is configured (nor ${TOKEN_ENV})")
         return self
+
+    def auth_mode(self) -> str:
+        """How the API is protected, as the server states it at start-up and in /readyz."""
+        return "bearer token required" if self.auth_token else "open (no token: anyone who reaches it may call it)"
 
 
 def read_serve_args(path: str | None) -> dict:

@@ -14,7 +14,7 @@ import torch
 from ray import serve
 
 from deployments.devices import pick_device
-from deployments.planner import PatchLoop, serve_spec
+from deployments.planner import PatchLoop, PlannerBroken, serve_spec
 from model.checkpoint import load_bundle
 from model.engine import Engine, RefineBatch
 from model.engine.prepare import DEFAULT_MAX_DURATION_S
@@ -31,10 +31,11 @@ class Fused:
         device: str | None = None,
         capacity: int = 8,
         max_duration_s: float = DEFAULT_MAX_DURATION_S,
+        stall_s: float = 120.0,
     ):
         device = pick_device(device)
         self.engine = Engine(load_bundle(checkpoint, device), device, capacity, max_duration_s)
-        self.loop = PatchLoop(self.engine, self._refine)
+        self.loop = PatchLoop(self.engine, self._refine, stall_s=stall_s)
 
     async def _refine(self, batch: RefineBatch) -> torch.Tensor:
         return await asyncio.to_thread(self.engine.refine, batch)
@@ -45,6 +46,10 @@ class Fused:
 
     async def decode(self, latents: np.ndarray, window: DecodeWindow) -> np.ndarray:
         return await asyncio.to_thread(decode_window, self.engine.bundle.vae, latents, window)
+
+    def check_health(self) -> None:
+        if (trouble := self.loop.trouble()) is not None:
+            raise PlannerBroken(trouble)
 
     async def ready(self) -> bool:
         return True

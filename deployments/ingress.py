@@ -21,17 +21,18 @@ from dataclasses import dataclass
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments.admission import Admission, CountedStream, Ticket
 from deployments.config import ServeConfig
 from deployments.errors import ApiError, media_error
 from deployments.inputs import Inputs, SoundtrackOptions, body_schema, read_inputs
 from deployments.metrics import serving_metrics
-from deployments.planner import RefinerUnavailable
+from deployments.planner import ModelUnavailable, PlannerBroken
 from model.checkpoint import load_bundle_tokenizer, read_config
 from model.engine import GenerationParams
 from model.engine.prepare import prompt_tail, resolve_duration, samples_per_patch, tokenize_prompt
@@ -84,11 +85,15 @@ async def _http_error(_request: Request, err: StarletteHTTPException) -> JSONRes
     return JSONResponse({"code": code, "message": str(err.detail)}, status_code=err.status_code)
 
 
-async def _before(deadline: float, awaitable):
+async def _before(deadline: float, awaitable, stage: str = "generating"):
     try:
         return await asyncio.wait_for(awaitable, timeout=max(0.0, deadline - time.monotonic()))
     except TimeoutError:
-        raise ApiError("timeout", "the request ran past its time limit") from None
+        raise ApiError("timeout", f"the request ran past its time limit while {stage}") from None
+
+
+def _error_response(err: ApiError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
 
 
 @serve.deployment
@@ -101,8 +106,9 @@ class Ingress:
         self.decoder = decoder
         self.planner = planner.options(stream=True)
         self.handles = [planner, decoder]
-        self.in_flight = 0
         self.metrics = serving_metrics()
+        self.admission = Admission(self.cfg.limits.max_in_flight, self.cfg.limits.retry_after_s, self.metrics)
+        log.info("API auth: %s", self.cfg.auth_mode())
 
     # ---- routes ---------------------------------------------------------------------------------------
 
@@ -115,9 +121,8 @@ class Ingress:
         try:
             await asyncio.wait_for(asyncio.gather(*(h.ready.remote() for h in self.handles)), timeout=5.0)
         except Exception as err:  # noqa: BLE001 - any failure means not ready
-            error = ApiError("not_ready", f"model deployments are not ready ({type(err).__name__})", 1)
-            return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
-        return JSONResponse({"status": "ready", "mode": self.cfg.mode})
+            return _error_response(ApiError("not_ready", f"model deployments are not ready ({type(err).__name__})", 1))
+        return JSONResponse({"status": "ready", "mode": self.cfg.mode, "auth": self.cfg.auth_mode()})
 
     @api.post(
         "/v1/soundtracks",
@@ -140,39 +145,42 @@ class Ingress:
     # ---- one request ----------------------------------------------------------------------------------
 
     async def _serve(self, request: Request, route: str, force_stream: bool) -> Response:
-        started = time.monotonic()
         try:
             self._authorize(request)
-            self._admit()
+            ticket = self.admission.admit(route)
         except ApiError as err:
-            return self._refuse(route, err, started)
+            self.admission.refuse(route, err)
+            return _error_response(err)
         streaming = False
         try:
+            deadline = ticket.started + self.cfg.limits.request_timeout_s
             with tempfile.TemporaryDirectory(prefix="videorobin-") as tmp:
-                inputs = await read_inputs(request, tmp, self.cfg)
+                inputs = await _before(deadline, read_inputs(request, tmp, self.cfg), "reading the upload")
                 options = inputs.options
                 stream = options.stream or force_stream
                 if stream and options.format != "wav":
                     raise ApiError("invalid_parameter", "a streamed soundtrack is a WAV: format must be wav")
-                deadline = started + self.cfg.limits.request_timeout_s
-                job = await self._start(await self._prepare(inputs), deadline)
+                prepared = await _before(deadline, self._prepare(inputs), "probing the video")
+                job = await self._start(prepared, deadline)
                 if stream:
                     streaming = True
-                    body = self._stream_wav(job, route, started, deadline)
-                    return StreamingResponse(body, media_type="audio/wav")
+                    return CountedStream(ticket, self._stream_wav(job, ticket, deadline), media_type="audio/wav")
                 audio = await self._whole_clip(job, deadline)
-                self._observe_generation(job, started)
+                self._observe_generation(job, ticket.started)
                 data = await asyncio.to_thread(self._encode, audio, options.format, inputs.video, tmp)
-            self._count(route, 200, started)
+            ticket.status = 200
             return Response(data, media_type=MEDIA_TYPES[options.format])
         except ApiError as err:
-            return self._refuse(route, err, started)
+            ticket.fail(err)
+            return _error_response(err)
         except Exception as err:  # noqa: BLE001 - a JSON 500, never a traceback on the wire
             log.exception("request failed")
-            return self._refuse(route, ApiError("internal_error", f"internal error ({type(err).__name__})"), started)
+            error = ApiError("internal_error", f"internal error ({type(err).__name__})")
+            ticket.fail(error)
+            return _error_response(error)
         finally:
             if not streaming:
-                self.in_flight -= 1
+                ticket.release()
 
     def _authorize(self, request: Request) -> None:
         token = self.cfg.auth_token
@@ -181,22 +189,6 @@ class Ingress:
         given = request.headers.get("authorization", "")
         if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
             raise ApiError("unauthorized", "send `Authorization: Bearer <token>`")
-
-    def _admit(self) -> None:
-        limits = self.cfg.limits
-        if self.in_flight >= limits.max_in_flight:
-            raise ApiError("overloaded", f"{self.in_flight} requests in flight on this replica", limits.retry_after_s)
-        self.in_flight += 1
-        self.metrics["queue"].set(self.in_flight, tags={"stage": "ingress"})
-
-    def _refuse(self, route: str, err: ApiError, started: float) -> JSONResponse:
-        self.metrics["errors"].inc(tags={"code": err.code})
-        self._count(route, err.status, started)
-        return JSONResponse(err.body(), status_code=err.status, headers=err.headers())
-
-    def _count(self, route: str, status: int, started: float) -> None:
-        self.metrics["requests"].inc(tags={"route": route, "status": str(status)})
-        self.metrics["latency"].observe(time.monotonic() - started, tags={"route": route})
 
     def _observe_generation(self, job: Job, started: float) -> None:
         self.metrics["rtf"].observe((time.monotonic() - started) / job.info.duration_s)
@@ -286,16 +278,24 @@ class Ingress:
         latents = self.planner.generate.remote(spec)
         try:
             info = await _before(deadline, latents.__anext__())
-        except MediaError as err:
+        except BaseException as err:
             latents.cancel()
-            raise media_error(getattr(err, "cause", err), "video") from None
-        except ValueError as err:
-            latents.cancel()
-            raise ApiError("invalid_parameter", str(getattr(err, "cause", err))) from None
-        except BaseException:
-            latents.cancel()
+            if (error := self._deployment_error(err)) is not None:
+                raise error from None
+            if isinstance(err, ValueError):
+                raise ApiError("invalid_parameter", str(getattr(err, "cause", err))) from None
             raise
         return Job(spec, info, latents, lead, self.model_cfg.vae.sample_rate)
+
+    def _deployment_error(self, err: BaseException) -> ApiError | None:
+        """What a failure inside a model deployment means to the client, if it is one we know."""
+        if isinstance(err, MediaError):
+            return media_error(getattr(err, "cause", err), "video")
+        if isinstance(err, ModelUnavailable | PlannerBroken | RayActorError | ActorUnavailableError):
+            return ApiError("unavailable", f"a model deployment is unavailable ({type(err).__name__})", 5)
+        if isinstance(err, BackPressureError):
+            return ApiError("overloaded", "the planners' queues are full", self.cfg.limits.retry_after_s)
+        return None
 
     async def _audio_chunks(self, job: Job, deadline: float) -> AsyncIterator[np.ndarray]:
         """(C, S) audio as each decode window's latents are complete: the streaming decode, equal to the
@@ -311,37 +311,26 @@ class Ingress:
                 if clip.done:
                     break
                 ready = clip.add(await _before(deadline, job.latents.__anext__()))
-        except MediaError as err:
-            raise media_error(getattr(err, "cause", err), "video") from None
-        except (RefinerUnavailable, RayActorError, ActorUnavailableError) as err:
-            raise ApiError("unavailable", f"a model deployment is unavailable ({err})", 5) from None
-        except BackPressureError:
-            raise ApiError("overloaded", "the planners' queues are full", self.cfg.limits.retry_after_s) from None
+        except Exception as err:
+            if (error := self._deployment_error(err)) is not None:
+                raise error from None
+            raise
         finally:
             job.latents.cancel()
 
     async def _whole_clip(self, job: Job, deadline: float) -> np.ndarray:
         return np.concatenate([a async for a in self._audio_chunks(job, deadline)], axis=1)
 
-    async def _stream_wav(self, job: Job, route: str, started: float, deadline: float):
+    async def _stream_wav(self, job: Job, ticket: Ticket, deadline: float) -> AsyncIterator[bytes]:
         rate, channels = self.model_cfg.vae.sample_rate, self.model_cfg.vae.audio_channels
-        status = 200
-        try:
-            yield wav_header(job.samples, channels, rate)
-            first = True
-            async for audio in self._audio_chunks(job, deadline):
-                if first:
-                    self.metrics["first_audio"].observe(time.monotonic() - started)
-                    first = False
-                yield pcm16(audio)
-            self._observe_generation(job, started)
-        except ApiError as err:  # headers are gone: the stream ends short, the error is counted and logged
-            status = err.status
-            self.metrics["errors"].inc(tags={"code": err.code})
-            log.warning("stream %s ended early: %s", job.spec.request_id, err.message)
-        finally:
-            self.in_flight -= 1
-            self._count(route, status, started)
+        yield wav_header(job.samples, channels, rate)
+        first = True
+        async for audio in self._audio_chunks(job, deadline):
+            if first:
+                self.metrics["first_audio"].observe(time.monotonic() - ticket.started)
+                first = False
+            yield pcm16(audio)
+        self._observe_generation(job, ticket.started)
 
     def _encode(self, audio: np.ndarray, fmt: str, video: str, tmp: str) -> bytes:
         rate = self.model_cfg.vae.sample_rate

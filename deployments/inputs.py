@@ -6,18 +6,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
-import fsspec
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import FormData
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from deployments.config import ServeConfig
 from deployments.errors import ApiError
-from deployments.uris import check_video_uri
-
-COPY_BYTES = 1 << 20
+from deployments.uris import check_uri, copy_capped, download, too_large
 
 
 class SoundtrackOptions(BaseModel):
@@ -72,34 +72,22 @@ def _options(model: type[SoundtrackOptions], fields: dict) -> SoundtrackOptions:
         raise ApiError(code, f"{where}: {first['msg']}") from None
 
 
-def _too_large(size: int, limit: int) -> ApiError:
-    return ApiError("payload_too_large", f"{size} bytes; the limit is {limit}")
+async def _capped_body(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The request body as it arrives, refused as soon as it passes `limit` bytes (chunked uploads too)."""
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise too_large(received, limit)
+        yield chunk
 
 
-def _copy_capped(src, path: str, limit: int) -> None:
-    written = 0
-    with open(path, "wb") as out:
-        while chunk := src.read(COPY_BYTES):
-            written += len(chunk)
-            if written > limit:
-                raise _too_large(written, limit)
-            out.write(chunk)
-
-
-def _download(uri: str, path: str, limit: int, what: str = "video") -> None:
-    """Copy an allowed URI to `path`, refusing redirects (they could lead to a private address)."""
-    options = {"allow_redirects": False} if uri.startswith(("http://", "https://")) else {}
-    fs, remote = fsspec.core.url_to_fs(uri, **options)
+async def _multipart(request: Request, limit: int) -> FormData:
+    parser = MultiPartParser(request.headers, _capped_body(request, limit), max_files=2, max_fields=16)
     try:
-        size = fs.size(remote)
-        if size is not None and size > limit:
-            raise _too_large(size, limit)
-        with fs.open(remote, "rb") as src:
-            _copy_capped(src, path, limit)
-    except (FileNotFoundError, IsADirectoryError):
-        raise ApiError(f"{what}_not_found", f"{uri}: no such file") from None
-    except OSError as err:
-        raise ApiError(f"{what}_not_found", f"{uri}: cannot be read ({err})") from None
+        return await parser.parse()
+    except MultiPartException as err:
+        raise ApiError("invalid_request", f"malformed multipart body ({err})") from None
 
 
 @dataclass
@@ -119,44 +107,55 @@ async def read_inputs(request: Request, tmp: str, cfg: ServeConfig) -> Inputs:
     video, audio = os.path.join(tmp, "video"), os.path.join(tmp, "audio")
     if ctype.startswith("multipart/form-data"):
         if length > limits.max_upload_bytes:
-            raise _too_large(length, limits.max_upload_bytes)
+            raise too_large(length, limits.max_upload_bytes)
+        form = await _multipart(request, limits.max_upload_bytes)
         try:
-            form = await request.form(max_files=2, max_fields=16)
-        except Exception as err:  # noqa: BLE001 - starlette raises several kinds for malformed bodies
-            raise ApiError("invalid_request", f"malformed multipart body ({err})") from None
-        upload, audio_upload = form.get("video"), form.get("audio")
-        if upload is None or isinstance(upload, str):
-            raise ApiError("invalid_request", "multipart field `video` (a file) is required")
-        if isinstance(audio_upload, str):
-            raise ApiError("invalid_request", "multipart field `audio` must be a file")
-        fields = {k: v for k, v in form.multi_items() if k not in ("video", "audio")}
-        options = _options(SoundtrackOptions, fields)
-        await asyncio.to_thread(_copy_capped, upload.file, video, limits.max_upload_bytes)
-        inputs = Inputs(options, video, upload.filename or "video")
-        if audio_upload is not None:
-            await asyncio.to_thread(_copy_capped, audio_upload.file, audio, limits.max_upload_bytes)
-            inputs.audio, inputs.audio_name = audio, audio_upload.filename or "audio"
-        return inputs
+            return await _form_inputs(form, video, audio, limits.max_upload_bytes)
+        finally:
+            await form.close()
     if ctype.startswith("application/json"):
-        body = await request.body()
-        if len(body) > limits.max_json_bytes:
-            raise _too_large(len(body), limits.max_json_bytes)
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ApiError("invalid_request", f"body is not JSON ({err})") from None
-        if not isinstance(data, dict):
-            raise ApiError("invalid_request", "the JSON body must be an object")
-        options = _options(SoundtrackJSON, data)
-        uri = check_video_uri(options.video_uri, cfg.allowed_uri_prefixes)
-        await asyncio.to_thread(_download, uri, video, limits.max_upload_bytes)
-        inputs = Inputs(options, video, options.video_uri)
-        if options.audio_uri is not None:
-            uri = check_video_uri(options.audio_uri, cfg.allowed_uri_prefixes, "audio_uri")
-            await asyncio.to_thread(_download, uri, audio, limits.max_upload_bytes, "audio")
-            inputs.audio, inputs.audio_name = audio, options.audio_uri
-        return inputs
+        return await _json_inputs(request, video, audio, cfg)
     raise ApiError(
         "unsupported_media_type",
         "send multipart/form-data with a `video` file, or application/json with `video_uri`",
     )
+
+
+async def _form_inputs(form: FormData, video: str, audio: str, limit: int) -> Inputs:
+    upload, audio_upload = form.get("video"), form.get("audio")
+    if upload is None or isinstance(upload, str):
+        raise ApiError("invalid_request", "multipart field `video` (a file) is required")
+    if isinstance(audio_upload, str):
+        raise ApiError("invalid_request", "multipart field `audio` must be a file")
+    fields = {k: v for k, v in form.multi_items() if k not in ("video", "audio")}
+    options = _options(SoundtrackOptions, fields)
+    await asyncio.to_thread(copy_capped, upload.file, video, limit)
+    inputs = Inputs(options, video, upload.filename or "video")
+    if audio_upload is not None:
+        await asyncio.to_thread(copy_capped, audio_upload.file, audio, limit)
+        inputs.audio, inputs.audio_name = audio, audio_upload.filename or "audio"
+    return inputs
+
+
+async def _json_inputs(request: Request, video: str, audio: str, cfg: ServeConfig) -> Inputs:
+    limits = cfg.limits
+    body = b"".join([chunk async for chunk in _capped_body(request, limits.max_json_bytes)])
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ApiError("invalid_request", f"body is not JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ApiError("invalid_request", "the JSON body must be an object")
+    options = _options(SoundtrackJSON, data)
+    inputs = Inputs(options, video, options.video_uri)
+    await asyncio.to_thread(_fetch, options.video_uri, "video_uri", video, cfg)
+    if options.audio_uri is not None:
+        await asyncio.to_thread(_fetch, options.audio_uri, "audio_uri", audio, cfg)
+        inputs.audio, inputs.audio_name = audio, options.audio_uri
+    return inputs
+
+
+def _fetch(uri: str, field: str, path: str, cfg: ServeConfig) -> None:
+    """Check (DNS included) and download one URI: blocking, so the handler runs it in a thread."""
+    checked = check_uri(uri, cfg.allowed_uri_prefixes, field)
+    download(checked, path, cfg.limits.max_upload_bytes, field.removesuffix("_uri"), cfg.limits.request_timeout_s)

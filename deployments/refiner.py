@@ -26,13 +26,12 @@ class Refiner:
     @serve.batch
     async def refine(self, batches: list[RefineBatch]) -> list[torch.Tensor]:
         """Each planner step's rows -> their (B_i, P, D) patches; one LocDiT call over all rows."""
-        merged = RefineBatch.concat(batches).to(self.device)
-        self.metrics["batch"].observe(len(merged.rows), tags={"stage": "refiner"})
-        patches = await asyncio.to_thread(self._refine, merged)
+        self.metrics["batch"].observe(sum(len(b.rows) for b in batches), tags={"stage": "refiner"})
+        patches = await asyncio.to_thread(self._refine, batches)  # device copies sync: off the event loop
         return list(patches.split([len(b.rows) for b in batches]))
 
-    def _refine(self, batch: RefineBatch) -> torch.Tensor:
-        return refine_batch(self.model, batch).cpu()
+    def _refine(self, batches: list[RefineBatch]) -> torch.Tensor:
+        return refine_batch(self.model, RefineBatch.concat(batches).to(self.device)).cpu()
 
     async def ready(self) -> bool:
         return True

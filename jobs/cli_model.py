@@ -15,6 +15,7 @@ from jobs.cli_common import (
     load_model,
     progress_bar,
     saved_model,
+    scratch_dir,
 )
 from jobs.ray_session import connect
 
@@ -143,7 +144,6 @@ def _info(args) -> dict:
 
 def _serve(args) -> dict:
     import signal
-    import tempfile
 
     from ray import serve
 
@@ -152,13 +152,16 @@ def _serve(args) -> dict:
 
     checkpoint = args.checkpoint
     if checkpoint is None and "checkpoint" not in read_serve_args(args.config):  # the shipped model
-        checkpoint = saved_model(args, tempfile.mkdtemp(prefix="videorobin-serve-"))
-    cfg = load_serve_config(args.config, checkpoint=checkpoint, mode=args.mode)
+        checkpoint = saved_model(args, scratch_dir(args, "videorobin-serve-"))  # removed when serve ends
+    cfg = load_serve_config(
+        args.config, checkpoint=checkpoint, mode=args.mode, require_token=args.require_token or None
+    )
     app = build_app(cfg)
     connect(args.address, log_to_driver=True)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, name="videorobin", route_prefix="/", blocking=False)
     print(f"videorobin: serving {cfg.mode} on http://{args.host}:{args.port} (docs at /docs); Ctrl-C stops")
+    print(f"videorobin: API auth: {cfg.auth_mode()}")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it like Ctrl-C
     try:
         signal.pause()
@@ -214,6 +217,11 @@ def add_parsers(sub) -> None:
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    srv.add_argument(
+        "--require-token",
+        action="store_true",
+        help="refuse to start unless a bearer token is configured (auth_token or $VIDEOROBIN_API_TOKEN)",
+    )
     srv.set_defaults(run=_serve)
 
     info = sub.add_parser("info", help="parameter counts per component")

@@ -8,6 +8,7 @@ holds the tensor files).
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import uuid
 from contextlib import contextmanager
@@ -56,16 +57,34 @@ def read_bytes(uri: str) -> bytes:
         return f.read()
 
 
+TEMP_SIBLING = re.compile(r"^\..+\.[0-9a-f]{32}\.[A-Za-z0-9]+$")
+
+
+def temp_sibling(path: str, suffix: str = ".tmp") -> str:
+    """A hidden temporary name beside `path`, `.<name>.<32 hex digits><suffix>`: what every writer here
+    writes before the move onto `path`, and the only names a job may treat as its own leftovers."""
+    parent, name = os.path.split(path)
+    return os.path.join(parent, f".{name}.{uuid.uuid4().hex}{suffix or '.tmp'}")
+
+
+def is_temp_sibling(name: str) -> bool:
+    return TEMP_SIBLING.match(os.path.basename(name)) is not None
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
-    """Write `data` to a temporary sibling, then move it onto `uri`."""
+    """Write `data` to a temporary sibling, then move it onto `uri` (the sibling is removed if that fails)."""
     fs, path = fsspec.core.url_to_fs(uri)
     parent = os.path.dirname(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    tmp = f"{parent}/.{os.path.basename(path)}.{uuid.uuid4().hex}.tmp" if parent else f".{path}.tmp"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
-    fs.mv(tmp, path)
+    tmp = temp_sibling(path)
+    try:
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        fs.mv(tmp, path)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
 
 
 @contextmanager

@@ -10,7 +10,6 @@ import io
 import math
 import os
 import struct
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -19,10 +18,11 @@ import av
 import numpy as np
 import soundfile as sf
 
-from model.io import local_copy, write_bytes_atomic
+from model.errors import InputError
+from model.io import local_copy, temp_sibling, write_bytes_atomic
 
 
-class MediaError(ValueError):
+class MediaError(InputError):
     """A video or audio input that cannot be used, with a one-line reason.
 
     `kind` says which way it fails, for callers that map it to an error code: "unreadable" (not a media
@@ -72,6 +72,8 @@ def probe_video(path: str) -> VideoInfo:
     """Duration and geometry of the first video stream; decodes frames only if the header has no duration."""
     with _open(path) as container:
         stream = _video_stream(container, path)
+        if _is_image_demuxer(container.format.name):
+            raise MediaError(f"{path}: a still image ({container.format.name}), not a video", "unreadable")
         fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
         duration = None
         if stream.duration is not None and stream.time_base is not None:
@@ -98,7 +100,14 @@ def _decoded_duration(container, stream, path: str, fps: float) -> float:
         ) from None
     if count == 0:
         raise MediaError(f"{path}: video has no frames", "empty")
+    if count == 1:  # e.g. a one-frame GIF: a picture, with no length of its own to score
+        raise MediaError(f"{path}: a still image (one frame, no duration), not a video", "unreadable")
     return (last or 0.0) + 1.0 / fps
+
+
+def _is_image_demuxer(name: str) -> bool:
+    """ffmpeg's demuxers for single pictures (png_pipe, jpeg_pipe, webp_pipe, image2, ...)."""
+    return any(n.endswith("_pipe") or n in ("image2", "image2pipe") for n in name.split(","))
 
 
 def sample_frames(
@@ -213,9 +222,8 @@ def write_audio_stream(
 
 
 def _temp_beside(path: str) -> str:
-    """A hidden temporary name next to `path`, same container suffix, for writing then os.replace."""
-    directory, name = os.path.split(os.path.abspath(path))
-    return os.path.join(directory, f".{name}.{uuid.uuid4().hex}{os.path.splitext(name)[1]}")
+    """A temporary sibling of `path` with the same container suffix (PyAV picks the format by it)."""
+    return temp_sibling(os.path.abspath(path), os.path.splitext(path)[1])
 
 
 def mux(video_path: str, audio: np.ndarray, sample_rate: int, out_path: str) -> None:

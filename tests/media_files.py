@@ -1,4 +1,5 @@
-"""Inputs made for real: bad videos (empty, text, truncated, audio only, no frames), a dataset with a corrupt row."""
+"""Inputs made for real: bad videos (empty, text, truncated, audio only, no frames, still images), a dataset with a
+corrupt row."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 
 import av
 import numpy as np
+from PIL import Image
 
 from jobs.dataset import make_dataset
 
@@ -31,7 +33,15 @@ def write_audio_only(path: str, seconds: float = 1.0) -> None:
 def write_bad_inputs(root, good_video: str) -> dict[str, str]:
     paths = {
         name: str(root / name)
-        for name in ("empty.mp4", "notes.txt", "truncated.mp4", "audio_only.m4a", "no_frames.mp4")
+        for name in (
+            "empty.mp4",
+            "notes.txt",
+            "truncated.mp4",
+            "audio_only.m4a",
+            "no_frames.mp4",
+            "still.png",
+            "still.gif",
+        )
     }
     open(paths["empty.mp4"], "wb").close()
     with open(paths["notes.txt"], "w") as f:
@@ -42,6 +52,9 @@ def write_bad_inputs(root, good_video: str) -> dict[str, str]:
         f.write(data[: len(data) // 5])
     write_audio_only(paths["audio_only.m4a"])
     write_no_frames_video(paths["no_frames.mp4"])
+    picture = Image.fromarray(np.full((48, 64, 3), 180, np.uint8))
+    picture.save(paths["still.png"])
+    picture.save(paths["still.gif"])  # a one-frame GIF: a picture in a container that can also hold a video
     return paths
 
 

@@ -30,6 +30,8 @@ TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PCM16_TOLERANCE = 2 / 32767  # rounding to 16 bits, read back by soundfile as /32768
 
+pytestmark = pytest.mark.ray
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -64,7 +66,10 @@ def _config(root, videos, limits: dict | None = None, **extra) -> ServeConfig:
         allowed_uri_prefixes=[f"file://{videos}/", "http://127.0.0.1/", "http://169.254.169.254/"],
         batch_wait_s=0.02,
         refine_retry_s=60.0,
-        deployments={"refiner": {"health_check_period_s": 1.0, "ray_actor_options": {"num_cpus": 0.25}}},
+        deployments={
+            name: {"health_check_period_s": 1.0, "ray_actor_options": {"num_cpus": 0.25}}
+            for name in ("refiner", "planner", "encoder", "decoder")
+        },
         limits={
             "max_upload_bytes": 3_000_000,
             "max_video_s": 12.0,
@@ -136,20 +141,31 @@ def test_a_json_video_uri_under_an_allowed_prefix_works(server, media):
 
 
 def test_streamed_audio_starts_before_generation_ends_and_equals_the_file(server, media):
+    """Order, not a time budget: the stream's first audio comes before the answer to a whole-file request for
+    the same clip, sent to the fused application (its own engine: no batch shared with the stream) once the
+    stream's headers are in. That answer needs the whole generation; the first audio needs one decode window."""
     _, videos, _ = media
     fields = {"prompt": "ambient synths, slow build", "seed": 7}
-    started, first_audio, chunks = time.monotonic(), None, []
+    events: list[str] = []
+    chunks: list[bytes] = []
+
+    def whole_file() -> None:
+        response = _post(server, videos / "long.mp4", route="/fused/v1/soundtracks", **fields)
+        events.append(f"whole file {response.status_code}")
+
+    other = threading.Thread(target=whole_file)
     with open(videos / "long.mp4", "rb") as f:
         files = {"video": ("long.mp4", f, "video/mp4")}
         with server.stream("POST", "/v1/soundtracks:stream", files=files, data=fields, headers=AUTH) as response:
             assert response.status_code == 200
+            other.start()
             for chunk in response.iter_bytes():
                 chunks.append(chunk)
-                if first_audio is None and sum(map(len, chunks)) > 44:  # past the WAV header
-                    first_audio = time.monotonic() - started
-    total = time.monotonic() - started
-    print(f"\ntime to first audio {first_audio:.2f} s of {total:.2f} s")
-    assert first_audio < 0.8 * total
+                if "first audio" not in events and sum(map(len, chunks)) > 44:  # past the WAV header
+                    events.append("first audio")
+    other.join(timeout=300)
+    print(f"\n{events}")
+    assert len(events) == 2 and events[0] == "first audio", events
     whole = _post(server, videos / "long.mp4", **fields)
     assert b"".join(chunks) == whole.content
 
@@ -296,6 +312,8 @@ BAD_FILES = [
     ("audio_only.m4a", 415, "unsupported_media_type"),
     ("empty.mp4", 400, "empty_video"),
     ("no_frames.mp4", 400, "empty_video"),
+    ("still.png", 415, "unsupported_media_type"),  # a picture is not a video: refused, never silently scored
+    ("still.gif", 415, "unsupported_media_type"),
 ]
 
 
@@ -373,29 +391,70 @@ def test_openapi_documents_both_request_bodies(server):
     assert "/v1/soundtracks:stream" in spec["paths"]
 
 
-def test_a_killed_refiner_replica_is_replaced_and_requests_recover(server, media):
+@pytest.mark.faults
+@pytest.mark.parametrize("deployment", ["Refiner", "Planner", "FrameEncoder", "AudioDecoder"])
+def test_a_killed_replica_is_replaced_and_requests_recover(server, media, deployment):
+    """Under load, one replica of each deployment in turn is killed: every request ends (none hangs past its
+    deadline) with its soundtrack or a JSON 503, and the service serves again once Serve has replaced it."""
     _, videos, _ = media
-    results: list[tuple[int, float]] = []
+    results: list[int] = []
 
     def one(seed: int) -> None:
-        started = time.monotonic()
         response = _post(server, videos / "long.mp4", seed=seed, steps=60)
-        results.append((response.status_code, time.monotonic() - started))
+        if response.status_code != 200:
+            assert response.json()["code"] == "unavailable", response.text
+        results.append(response.status_code)
 
     threads = [threading.Thread(target=one, args=(s,)) for s in range(3)]
     for t in threads:
         t.start()
     time.sleep(0.5)  # traffic is flowing
-    (name,) = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "videorobin#Refiner#" in a["name"]]
+    actors = ray.util.list_named_actors(all_namespaces=True)
+    (name,) = [a["name"] for a in actors if f"videorobin#{deployment}#" in a["name"]]
     ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
     for t in threads:
         t.join(timeout=200)
     print(f"\nafter the kill: {results}")
-    assert len(results) == 3 and all(status in (200, 503) for status, _ in results), results
-    assert all(seconds < 120 for _, seconds in results)  # nobody hung past the request timeout
-    later = _post(server, videos / "short.mp4", seed=99)
-    assert later.status_code == 200
+    # nobody hung: a request still open at the join, or one that timed out on the client, leaves no status
+    assert not any(t.is_alive() for t in threads)
+    assert len(results) == 3 and all(status in (200, 503) for status in results), results
+    deadline = time.time() + 120  # Serve starts the replacement; until it is up, requests may be refused
+    while (later := _post(server, videos / "short.mp4", seed=99)).status_code != 200:
+        assert later.json()["code"] == "unavailable" and time.time() < deadline, later.text
+        time.sleep(2)
     assert server.get("/healthz").status_code == 200
+    assert server.get("/readyz").status_code == 200
+
+
+def test_a_client_that_leaves_mid_stream_is_counted_and_frees_its_row(server, media):
+    _, videos, _ = media
+    with open(videos / "long.mp4", "rb") as f:
+        files = {"video": ("long.mp4", f, "video/mp4")}
+        with server.stream("POST", "/v1/soundtracks:stream", files=files, data={"seed": 5}, headers=AUTH) as response:
+            assert response.status_code == 200
+            next(response.iter_bytes())  # the header; then the client hangs up
+    assert _post(server, videos / "short.mp4", seed=6).status_code == 200  # the replica still serves
+
+
+def test_a_chunked_upload_is_refused_once_past_the_limit(server):
+    boundary = "vr-boundary"
+    sent = [0]
+
+    def body():
+        yield f'--{boundary}\r\nContent-Disposition: form-data; name="video"; filename="big.mp4"\r\n\r\n'.encode()
+        for _ in range(64):  # 4 MiB in all, over the 3 MB limit, and no Content-Length to say so up front
+            sent[0] += 1
+            yield b"\0" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    headers = {**AUTH, "content-type": f"multipart/form-data; boundary={boundary}"}
+    response = server.post("/v1/soundtracks", content=body(), headers=headers)
+    assert "content-length" not in {k.lower() for k in response.request.headers}
+    assert (response.status_code, response.json()["code"]) == (413, "payload_too_large")
+
+
+def test_readyz_states_how_the_api_is_protected(server):
+    assert server.get("/readyz").json() == {"status": "ready", "mode": "disaggregated", "auth": "bearer token required"}
 
 
 def test_the_services_metrics_reach_prometheus(server, metrics_port):
@@ -417,3 +476,29 @@ def test_the_services_metrics_reach_prometheus(server, metrics_port):
         time.sleep(2)
     assert [name for name in wanted if name not in text] == []
     assert 'code="uri_not_allowed"' in text and 'stage="encoder"' in text
+    assert 'status="499"' in text  # the client that left mid-stream, counted as such, not as a 200
+
+
+def _gauge(text: str, stage: str) -> list[float]:
+    """The queue gauge of the live replicas (a killed replica's last value can linger in the export)."""
+    live = {a["name"].rsplit("#", 1)[1] for a in ray.util.list_named_actors(all_namespaces=True) if "#" in a["name"]}
+    prefix = "ray_videorobin_queue_length{"
+    return [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix) and f'stage="{stage}"' in line and any(f'replica="{r}"' in line for r in live)
+    ]
+
+
+def test_in_flight_gauges_return_to_zero_after_every_kind_of_request(server, metrics_port):
+    """After finished, refused, failed, abandoned and killed requests (every test above), nothing is left
+    counted as in flight on any Ingress or Planner replica."""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        text = _scrape(metrics_port)
+        ingress, planner = _gauge(text, "ingress"), _gauge(text, "planner")
+        if ingress and planner and not any(ingress) and not any(planner):
+            break
+        time.sleep(2)
+    assert ingress and not any(ingress), ingress
+    assert planner and not any(planner), planner

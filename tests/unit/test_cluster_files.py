@@ -5,8 +5,10 @@ import pathlib
 import re
 import shlex
 
+import pytest
 import ray
 import yaml
+from pydantic import ValidationError
 from ray.serve.config import AutoscalingConfig
 from ray.serve.schema import ServeDeploySchema
 
@@ -99,9 +101,13 @@ def test_serving_alert_rules_parse_and_name_only_serving_metrics():
             assert re.sub(r"_(total|bucket|sum|count)$", "", name.removeprefix("ray_")) in SERVING_METRICS, name
 
 
-def test_serve_config_validates_and_the_rayservice_carries_it_on_enough_gpus():
+def test_serve_config_validates_and_the_rayservice_carries_it_on_enough_gpus(monkeypatch):
     path = ROOT / "cluster" / "serve-config.yaml"
     doc = yaml.safe_load(path.read_text())
+    monkeypatch.delenv("VIDEOROBIN_API_TOKEN", raising=False)
+    with pytest.raises(ValidationError, match="require_token"):  # production never starts an open API
+        load_serve_config(str(path))
+    monkeypatch.setenv("VIDEOROBIN_API_TOKEN", "from-the-secret")
     cfg = load_serve_config(str(path))  # the app's args are a valid ServeConfig
     ServeDeploySchema.model_validate(doc)
     options = [getattr(cfg.deployments, name) for name in ("ingress", "encoder", "planner", "refiner", "decoder")]

@@ -42,6 +42,8 @@ def test_frames_past_the_end_repeat_the_last_frame(videos):
         ("audio_only.m4a", "no video stream"),
         ("no_frames.mp4", "no frames|zero length|zero-length"),
         ("missing.mp4", "no such file"),
+        ("still.png", "a still image"),
+        ("still.gif", "a still image"),
     ],
 )
 def test_bad_videos_give_one_line_errors(tmp_path, videos, name, message):
