@@ -138,6 +138,9 @@ def add_parsers(sub) -> None:
     prep.add_argument("--vae", help="encode with this train-vae export (its config and weights)")
     prep.add_argument("--address", help="Ray cluster address (default: start a local one)")
     prep.add_argument("--rows-per-shard", type=int, default=256)
+    prep.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out (swapped in once the new run is complete)"
+    )
     add_pool_args(prep, (("encode", 8),))
     prep.set_defaults(run=_prepare)
 

@@ -15,6 +15,10 @@ The manifest (JSONL/CSV/Parquet, any fsspec URI) has `id`, `audio`, `caption` an
                               written first and loaded by every encoding actor, so all agree
 
 The driver streams rows into shards of `--rows-per-shard`, so memory holds one shard, not the dataset.
+A run writes everything into a staging sibling (`<out>.staging-<run>`) and moves it onto `--out` only once
+complete, so `--out` always holds one whole run: an existing output is refused unless `--overwrite`, which
+replaces it (the old one is removed only after the new one is complete). A row that fails in any stage
+becomes an `errors.parquet` row with its reason; the others go on.
 """
 
 from __future__ import annotations
@@ -22,20 +26,27 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import re
+import shutil
 import time
+import uuid
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.catalogue import CatalogueError, read_table
 from jobs.ray_session import connect
 from model.checkpoint import load_bundle_tokenizer, load_clip, load_vae_from_checkpoint, read_config, save_encoders
 from model.config import VideoRobinConfig
-from model.io import local_copy, uri_join, write_bytes_atomic
+from model.errors import InputError
+from model.io import absolute_uri, local_copy, uri_join, write_bytes_atomic
 from model.media import MediaError, probe_video, read_audio, sample_frames
 from model.text import load_tokenizer
 from model.vae import load_vae
@@ -69,6 +80,7 @@ class PrepareConfig(BaseModel):
     encode_batch: int = Field(default=8, ge=1)
     encode_gpus: float = Field(default=0.0, ge=0)
     actor_cpus: float = Field(default=0.5, gt=0)
+    overwrite: bool = False  # replace an existing output (atomically, once the new one is complete)
 
 
 def read_training_manifest(uri: str) -> list[dict]:
@@ -108,12 +120,17 @@ def read_media(row: dict, sample_rate: int, fps: float, image_size: int, max_fra
             with local_copy(row["video"]) as path:
                 probe_video(path)
                 row["frames"] = sample_frames(path, fps, image_size, seconds, max_frames, start_s=row["start"])
-    except (MediaError, OSError, ValueError) as err:
-        row["error"] = " ".join(str(err).split())
+    except Exception as err:  # noqa: BLE001 - any exception on one row fails that row only
+        row["error"] = _reason(err)
     return row
 
 
-def write_encoders(cfg: PrepareConfig) -> VideoRobinConfig:
+def _reason(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text if isinstance(err, MediaError | OSError | ValueError) else f"{type(err).__name__}: {text}"
+
+
+def write_encoders(cfg: PrepareConfig, out: str) -> VideoRobinConfig:
     """Load the frozen encoders once (from --checkpoint or the config's sources), save them under `out`."""
     model = cfg.model
     if cfg.checkpoint is not None:
@@ -125,7 +142,7 @@ def write_encoders(cfg: PrepareConfig) -> VideoRobinConfig:
         vae = load_vae(model.vae)
         clip = ClipEncoder(model.vision) if model.vision is not None else None
         tokenizer = load_tokenizer(model.text, model.semantic_lm.vocab_size)
-    return save_encoders(cfg.out, model, vae, clip, tokenizer)
+    return save_encoders(out, model, vae, clip, tokenizer)
 
 
 class EncodeClips:
@@ -142,23 +159,31 @@ class EncodeClips:
     def __call__(self, batch: dict) -> dict:
         n = len(batch["id"])
         latents, features, tokens = [None] * n, [None] * n, [None] * n
+        errors = np.asarray(batch["error"], dtype=object)
         for i in range(n):
-            tokens[i] = np.asarray(self.tokenizer.encode(str(batch["caption"][i])), np.int32)
-            if batch["error"][i]:
-                latents[i], features[i] = np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+            latents[i], features[i] = np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+            tokens[i] = np.zeros(0, np.int32)
+            if errors[i]:
                 continue
-            wave = torch.from_numpy(np.asarray(batch["waveform"][i], np.float32))[None].to(self.device)
-            latents[i] = self.vae.encode(wave)[0].T.float().cpu().numpy()  # (L, D)
-            frames = np.asarray(batch["frames"][i])
-            features[i] = (
-                self.clip(frames).cpu().numpy()
-                if self.clip is not None and len(frames)
-                else np.zeros((0, 0), np.float32)
-            )
-        out = {k: batch[k] for k in ("id", "caption", "error")}
+            try:
+                latents[i], features[i], tokens[i] = self._encode(batch, i)
+            except Exception as err:  # noqa: BLE001 - a bad row fails alone
+                errors[i] = _reason(err)
+        out = {"id": batch["id"], "caption": batch["caption"], "error": errors}
         for name, values in (("latents", latents), ("features", features), ("token_ids", tokens)):
             out[name] = np.array(values + [None], dtype=object)[:-1]
         return out
+
+    def _encode(self, batch: dict, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(L, D) posterior-mean latents, (F, feature_dim) CLIP features and the caption's token ids."""
+        tokens = np.asarray(self.tokenizer.encode(str(batch["caption"][i])), np.int32)
+        wave = torch.from_numpy(np.asarray(batch["waveform"][i], np.float32))[None].to(self.device)
+        latents = self.vae.encode(wave)[0].T.float().cpu().numpy()
+        frames = np.asarray(batch["frames"][i])
+        features = np.zeros((0, 0), np.float32)
+        if self.clip is not None and len(frames):
+            features = self.clip(frames).cpu().numpy()
+        return latents, features, tokens
 
 
 class _Shards:
@@ -203,16 +228,52 @@ class _Shards:
 
     def stats(self) -> dict:
         if self.frames == 0:
-            raise ValueError("no clip could be prepared, so there are no latent statistics")
+            raise InputError("no clip could be prepared, so there are no latent statistics")
         mean = self.sum / self.frames
         std = np.sqrt(np.maximum(self.sumsq / self.frames - mean**2, 1e-12))
         return {"mean": mean.tolist(), "std": std.tolist(), "frames": int(self.frames)}
 
 
 def run(cfg: PrepareConfig) -> dict:
+    """Prepare into a staging sibling, then move it onto `cfg.out` (see the module docstring)."""
     started = time.perf_counter()
+    fs, out = fsspec.core.url_to_fs(cfg.out)
+    out = out.rstrip("/")
+    if fs.exists(out) and fs.ls(out) and not cfg.overwrite:
+        raise InputError(f"{cfg.out} is not empty: pass --overwrite to replace it with this run's output")
     rows = read_training_manifest(cfg.manifest)
-    model = write_encoders(cfg)
+    for stale in fs.glob(f"{out}.staging-*"):  # what killed runs left: never read, never moved into place
+        if re.fullmatch(r"\.staging-[0-9a-f]{12}", stale.removeprefix(out)):
+            fs.rm(stale, recursive=True)
+    staging = f"{absolute_uri(cfg.out).rstrip('/')}.staging-{uuid.uuid4().hex[:12]}"
+    staging_path = fsspec.core.url_to_fs(staging)[1]
+    try:
+        summary = _prepare(cfg, rows, staging)
+    except BaseException:
+        if fs.exists(staging_path):
+            fs.rm(staging_path, recursive=True)
+        raise
+    _replace(fs, staging_path, out)
+    return {**summary, "wall_s": round(time.perf_counter() - started, 2), "out": cfg.out}
+
+
+def _replace(fs, staging: str, out: str) -> None:
+    """Move the complete staging directory onto `out`; a previous output leaves only after that (locally,
+    by two renames, so `out` is always one whole run)."""
+    if isinstance(fs, LocalFileSystem):
+        old = f"{out}.old-{uuid.uuid4().hex[:12]}"
+        if os.path.exists(out):
+            os.rename(out, old)
+        os.rename(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    if fs.exists(out):  # object stores have no directory rename: `out` is briefly absent, never mixed
+        fs.rm(out, recursive=True)
+    fs.mv(staging, out, recursive=True)
+
+
+def _prepare(cfg: PrepareConfig, rows: list[dict], out: str) -> dict:
+    model = write_encoders(cfg, out)
     vision = model.vision
     image_size = vision.tower.image_size if vision is not None and vision.tower is not None else 224
     connect(cfg.address)
@@ -235,9 +296,9 @@ def run(cfg: PrepareConfig) -> dict:
         num_cpus=cfg.actor_cpus,
         num_gpus=cfg.encode_gpus,
         compute=ray.data.ActorPoolStrategy(size=cfg.encode_actors),
-        fn_constructor_kwargs={"encoders": cfg.out, "gpus": cfg.encode_gpus},
+        fn_constructor_kwargs={"encoders": out, "gpus": cfg.encode_gpus},
     )
-    shards, errors = _Shards(cfg.out, cfg.rows_per_shard, model.latent_dim), []
+    shards, errors = _Shards(out, cfg.rows_per_shard, model.latent_dim), []
     for row in ds.iter_rows():
         if row["error"]:
             errors.append({"id": row["id"], "error": row["error"]})
@@ -247,13 +308,6 @@ def run(cfg: PrepareConfig) -> dict:
     stats = shards.stats()
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(errors, schema=pa.schema([("id", pa.string()), ("error", pa.string())])), buf)
-    write_bytes_atomic(uri_join(cfg.out, "errors.parquet"), buf.getvalue())
-    write_bytes_atomic(uri_join(cfg.out, "latent_stats.json"), json.dumps(stats).encode())  # last: "complete"
-    return {
-        "prepared": shards.written,
-        "failed": len(errors),
-        "shards": shards.count,
-        "latent_frames": stats["frames"],
-        "wall_s": round(time.perf_counter() - started, 2),
-        "out": cfg.out,
-    }
+    write_bytes_atomic(uri_join(out, "errors.parquet"), buf.getvalue())
+    write_bytes_atomic(uri_join(out, "latent_stats.json"), json.dumps(stats).encode())  # last: "complete"
+    return {"prepared": shards.written, "failed": len(errors), "shards": shards.count, "latent_frames": stats["frames"]}

@@ -38,7 +38,7 @@ from jobs.score_tasks import error_text, probe, write_outputs
 from model.checkpoint import checkpoint_id, load_bundle, load_vae_from_checkpoint, read_config
 from model.engine import Engine, GenerationParams
 from model.engine.engine import decode_latents
-from model.io import glob_uris, local_copy, uri_exists, uri_join
+from model.io import glob_uris, is_temp_sibling, local_copy, uri_exists, uri_join
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +131,13 @@ class GenerateLatents:
                     requests[i] = self.engine.make_request(
                         video=path, prompt=batch["prompt"][i], params=params, request_id=str(batch["id"][i])
                     )
-                except (ValueError, OSError) as err:
+                except Exception as err:  # noqa: BLE001 - a bad row fails alone
                     _fail_in_batch(batch, i, "generate", err)
             errors: dict[str, str] = {}
-            frames = self.engine.generate_latents(list(requests.values()), errors=errors) if requests else {}
+            frames = self._generate(list(requests.values()), errors)
         for i, request in list(requests.items()):
             if request.request_id in errors:
-                _fail_in_batch(batch, i, "generate", ValueError(errors.pop(request.request_id)))
+                _fail_in_batch(batch, i, "generate", RuntimeError(errors.pop(request.request_id)))
                 del requests[i]
                 continue
             latents[i] = self.engine.to_latents(frames[request.request_id]).numpy()
@@ -146,6 +146,21 @@ class GenerateLatents:
         batch["generate_s"] = _stage_seconds(batch, list(requests), seconds)
         record_stage("generate", [batch["status"][i] for i in requests], seconds)
         return batch
+
+    def _generate(self, requests: list, errors: dict[str, str]) -> dict:
+        """The batch's latents; if the batch raises, each request runs alone so only the one at fault fails
+        (a request's output does not depend on its batch, so the others are unchanged)."""
+        try:
+            return self.engine.generate_latents(requests, errors=errors) if requests else {}
+        except Exception:  # noqa: BLE001 - isolate the row at fault below
+            log.warning("a generation batch failed; retrying its %d requests one by one", len(requests), exc_info=True)
+        frames = {}  # the engine's stream freed every row of the failed batch
+        for request in requests:
+            try:
+                frames |= self.engine.generate_latents([request], errors=errors)
+            except Exception as err:  # noqa: BLE001
+                errors[request.request_id] = f"{type(err).__name__}: {err}"
+        return frames
 
 
 class DecodeAudio:
@@ -158,9 +173,13 @@ class DecodeAudio:
         start = time.perf_counter()
         audio = [np.zeros((0, 0), np.float32) for _ in batch["id"]]
         ok = _ok_rows(batch)
+        batch = _writable(batch)
         for i in ok:
-            latents = torch.from_numpy(np.asarray(batch["latents"][i]))
-            audio[i] = decode_latents(self.vae, latents, float(batch["duration_s"][i]))
+            try:
+                latents = torch.from_numpy(np.asarray(batch["latents"][i], np.float32))
+                audio[i] = decode_latents(self.vae, latents, float(batch["duration_s"][i]))
+            except Exception as err:  # noqa: BLE001 - a bad row fails alone
+                _fail_in_batch(batch, i, "decode", err)
         batch["audio"] = np.array(audio + [None], dtype=object)[:-1]
         del batch["latents"]
         seconds = time.perf_counter() - start
@@ -176,12 +195,18 @@ def _fail_in_batch(batch: dict, i: int, stage: str, err: BaseException) -> None:
 # ---- the driver -------------------------------------------------------------------------------------------
 
 
+OUTPUT_DIRS = ("", "audio", "mp4", "parts")  # where score writes; nothing else under --out is touched
+
+
 def _remove_leftovers(out: str) -> int:
-    """Delete temporary files a killed run left behind (they never carry a final name)."""
+    """Delete the temporary files a killed run left behind: only score's own, by their names (a hidden
+    `.<name>.<32 hex>.<ext>` sibling in one of score's output directories), never anything else in `--out`."""
     fs, root = fsspec.core.url_to_fs(out)
-    if not fs.exists(root):
-        return 0
-    leftovers = [p for p in fs.find(root) if os.path.basename(p).startswith(".") or p.endswith(".tmp")]
+    leftovers = []
+    for sub in OUTPUT_DIRS:
+        folder = f"{root.rstrip('/')}/{sub}" if sub else root
+        if fs.isdir(folder):
+            leftovers += [p for p in fs.ls(folder, detail=False) if is_temp_sibling(p) and fs.isfile(p)]
     for path in leftovers:
         fs.rm(path)
     return len(leftovers)

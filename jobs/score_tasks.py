@@ -17,7 +17,6 @@ from jobs.metrics import record_audio, record_stage
 from model.io import is_local_uri, local_copy, uri_join, write_bytes_atomic
 from model.media import MediaError, mux, probe_video, sample_frames, write_audio
 
-MEDIA_ERRORS = (MediaError, ValueError, OSError)
 HEAVY = ("latents", "audio")  # per-row arrays that never reach the manifest
 
 
@@ -45,7 +44,7 @@ def probe(row: dict, fps: float, image_size: int, max_duration_s: float) -> dict
             row["duration_s"] = float(duration)
             if fps > 0:
                 sample_frames(path, fps, image_size, 1 / fps, 1)
-    except MEDIA_ERRORS as err:
+    except Exception as err:  # noqa: BLE001 - any exception on one row fails that row only
         row["duration_s"] = float("nan")
         _fail(row, "probe", err)
     row["probe_s"] = time.perf_counter() - start
@@ -69,7 +68,7 @@ def write_outputs(row: dict, out: str, fmt: str, do_mux: bool, sample_rate: int,
                 row["mp4"] = uri_join(out, f"mp4/{stem}.mp4")
                 _write_mp4(row["video"], audio, sample_rate, row["mp4"])
             record_audio(row["duration_s"])
-        except MEDIA_ERRORS as err:
+        except Exception as err:  # noqa: BLE001 - the row fails, the job goes on
             _fail(row, "write", err)
     row["write_s"] = time.perf_counter() - start
     row["finished_at"] = time.time()

@@ -12,10 +12,10 @@ import urllib.request
 
 import av
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-import torch
 
 from jobs.catalogue import default_seed
 from model.build import build_bundle
@@ -23,6 +23,7 @@ from model.checkpoint import save_bundle
 from model.config import load_config
 from model.engine import Engine, GenerationParams
 from model.media import write_sample_video
+from tests.fault_injection import job_env
 from tests.media_files import write_audio_only
 
 pytestmark = pytest.mark.ray
@@ -93,6 +94,18 @@ def _leftovers(out) -> list[str]:
     ]
 
 
+def _kill_one(cluster, actor_class: str) -> bool:
+    """SIGKILL one worker process of the session's cluster running an actor of `actor_class`."""
+    for proc in cluster.processes():
+        try:
+            if any(actor_class in part for part in proc.cmdline()):
+                proc.kill()
+                return True
+        except psutil.Error:  # exited meanwhile
+            continue
+    return False
+
+
 @pytest.fixture(scope="module")
 def first_run(library, ray_address, tmp_path_factory):
     out = tmp_path_factory.mktemp("scored")
@@ -134,7 +147,7 @@ def test_a_rerun_does_no_generation_work_and_leaves_the_manifest_unchanged(libra
     assert result.returncode == 1
     summary = _summary(result)
     assert (summary["generated"], summary["skipped"]) == ("0", "15")
-    assert float(summary["wall_s"]) < 10
+    assert float(summary["videos_per_s"]) == 0  # not one row went through the pipeline
     assert pq.read_table(out / "manifest.parquet").equals(before)
     assert {p: os.stat(out / "audio" / p).st_mtime_ns for p in os.listdir(out / "audio")} == stamps
     retried = score(library, out, ray_address)  # default: failed rows are retried, ok rows untouched
@@ -158,23 +171,32 @@ def test_per_video_output_equals_the_engine_alone(library, first_run):
     written, _ = sf.read(row["audio"], always_2d=True)
     assert written.shape == alone.audio.T.shape
     assert np.abs(written - np.clip(alone.audio.T, -1, 1)).max() < 2e-3  # 16-bit PCM quantisation
-    assert torch.is_tensor(alone.latents)
+    cfg = load_config("tiny")  # what `library` saved
+    hop = round(HOP_S * 48000)  # audio samples per latent frame
+    assert alone.latents.shape[0] == cfg.latent_dim
+    assert 0 <= alone.latents.shape[1] * hop - written.shape[0] < cfg.patch_size * hop  # whole patches cover it
 
 
-def test_a_killed_job_rerun_ends_with_every_video_written_once(library, ray_address, tmp_path):
+@pytest.mark.faults
+def test_a_killed_job_rerun_ends_with_every_video_written_once(library, ray_cluster, tmp_path):
+    """One generation actor is killed mid-run, then the driver: the rerun finishes the catalogue."""
     out = tmp_path / "killed"
-    proc = score(library, out, ray_address, "--rows-per-block", "1", "--generate-batch", "2", wait=False)
+    proc = score(library, out, ray_cluster.address, "--rows-per-block", "1", "--generate-batch", "2", wait=False)
     deadline = time.time() + 600
+    killed_actor = False
     while time.time() < deadline and proc.poll() is None:
-        if (out / "audio").exists() and len(os.listdir(out / "audio")) >= 2:
+        written = len(os.listdir(out / "audio")) if (out / "audio").exists() else 0
+        if written >= 1 and not killed_actor:
+            killed_actor = _kill_one(ray_cluster, "GenerateLatents")
+        if written >= 2 and killed_actor:
             break
         time.sleep(0.2)
-    assert proc.poll() is None, "the job finished before it could be killed"
+    assert killed_actor and proc.poll() is None, "the job finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     written_before = len(os.listdir(out / "audio"))
     assert 2 <= written_before < 12
-    result = score(library, out, ray_address)
+    result = score(library, out, ray_cluster.address)
     assert result.returncode == 1, result.stderr[-3000:]
     manifest = pq.read_table(out / "manifest.parquet").to_pylist()
     ids = [r["id"] for r in manifest]
@@ -202,3 +224,48 @@ def test_the_jobs_metrics_reach_prometheus(first_run, metrics_port):
     ]
     assert written and sum(float(line.rsplit(" ", 1)[1]) for line in written) >= 12
     assert "ray_videorobin_score_audio_seconds_total" in text
+
+
+@pytest.mark.faults
+def test_a_row_that_raises_in_any_stage_fails_alone_and_only_scores_own_leftovers_go(library, ray_address, tmp_path):
+    """PyAV raises an unexpected error for one video in probe (a task), one in generation's set-up and one in
+    the middle of the batched patch loop (actors): each is a `failed` row with its stage, every other row is
+    `ok`. Files under --out that score did not write survive the leftover clean-up; its own are removed."""
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    videos.mkdir()
+    spec = {"good-a": 2.0, "poison-task-b": 2.0, "poison-actor-c": 2.0, "poison-late-d": 12.0, "good-e": 12.0}
+    rows = []
+    for name, seconds in spec.items():
+        write_sample_video(str(videos / f"{name}.mp4"), seconds, cut_every_s=0.5, size=64)
+        rows.append({"id": name, "video": str(videos / f"{name}.mp4")})
+    with open(tmp_path / "catalogue.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    (out / "audio").mkdir(parents=True)
+    (out / "notes").mkdir()
+    theirs = [out / ".keep", out / "notes" / ".draft.txt", out / "audio" / ".clip.wav.tmp"]
+    for path in theirs:
+        path.write_text("not score's")
+    ours = out / "audio" / f".good-a.wav.{'0' * 32}.wav"  # what a killed writer leaves
+    ours.write_bytes(b"half a file")
+    args = [sys.executable, "-m", "jobs.cli", "score", "--catalogue", str(tmp_path / "catalogue.jsonl")]
+    args += ["--out", str(out), "--checkpoint", str(library / "ckpt"), "--address", ray_address, "--steps", STEPS]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900, env={**os.environ, **job_env()})
+    assert result.returncode == 1, result.stderr[-3000:]  # some rows failed: the exit status says so
+    manifest = {r["id"]: r for r in pq.read_table(out / "manifest.parquet").to_pylist()}
+    assert {k: r["status"] for k, r in manifest.items()} == {
+        "good-a": "ok",
+        "poison-task-b": "failed",
+        "poison-actor-c": "failed",
+        "poison-late-d": "failed",
+        "good-e": "ok",
+    }
+    assert manifest["poison-task-b"]["error"].startswith("probe: injected fault")
+    assert manifest["poison-actor-c"]["error"].startswith("generate: injected fault")
+    assert (
+        manifest["poison-late-d"]["error"].startswith("generate: ")
+        and "injected fault" in manifest["poison-late-d"]["error"]
+    )
+    for name in ("good-a", "good-e"):
+        assert abs(sf.info(manifest[name]["audio"]).duration - spec[name]) <= HOP_S
+    assert all(path.read_text() == "not score's" for path in theirs)
+    assert not ours.exists()
