@@ -12,9 +12,17 @@ from model.config import load_config
 from model.media import write_sample_video
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests join Ray only by explicit address (the integration session's cluster) or start a private one: never a
+# cluster that $RAY_ADDRESS names, for them or for the commands they run.
+os.environ.pop("RAY_ADDRESS", None)
+
+RAY_FIXTURES = {"ray_cluster", "ray_address"}
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:  # a test on the session cluster is a Ray test even where its module forgot to say so
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())) and "ray" not in item.keywords:
+            item.add_marker(pytest.mark.ray)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")

@@ -16,6 +16,9 @@ from jobs.catalogue import write_manifest
 from jobs.dataset import make_dataset
 from tests.media_files import write_jsonl
 
+# Every test starts Ray: `library` runs make_dataset in this process (a private local cluster).
+pytestmark = pytest.mark.ray
+
 SECONDS = 8.0
 
 

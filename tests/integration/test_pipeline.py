@@ -6,7 +6,6 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 import soundfile as sf
@@ -81,10 +80,9 @@ def test_the_published_model_writes_music_from_a_prompt_alone_and_for_a_video(ch
 
 def test_a_rerun_skips_every_finished_step_and_a_lost_export_is_redone_alone(chain, ray_address):
     out, _ = chain
-    started = time.monotonic()
     result = _cli("pipeline", "--recipe", "ci", "--out", str(out), "--address", ray_address)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stderr.count("complete, skipped") == len(STEPS) and time.monotonic() - started < 60
+    assert result.stderr.count("complete, skipped") == len(STEPS) and ": running" not in result.stderr
     (out / "v2m" / "training.json").unlink()
     result = _cli("pipeline", "--recipe", "ci", "--out", str(out), "--address", ray_address, "--only", "v2m")
     assert result.returncode == 0, result.stderr[-2000:]

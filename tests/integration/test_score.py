@@ -12,7 +12,6 @@ import urllib.request
 
 import av
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
@@ -92,18 +91,6 @@ def _leftovers(out) -> list[str]:
     return [
         os.path.join(d, f) for d, _, files in os.walk(out) for f in files if f.startswith(".") or f.endswith(".tmp")
     ]
-
-
-def _kill_one(cluster, actor_class: str) -> bool:
-    """SIGKILL one worker process of the session's cluster running an actor of `actor_class`."""
-    for proc in cluster.processes():
-        try:
-            if any(actor_class in part for part in proc.cmdline()):
-                proc.kill()
-                return True
-        except psutil.Error:  # exited meanwhile
-            continue
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +174,7 @@ def test_a_killed_job_rerun_ends_with_every_video_written_once(library, ray_clus
     while time.time() < deadline and proc.poll() is None:
         written = len(os.listdir(out / "audio")) if (out / "audio").exists() else 0
         if written >= 1 and not killed_actor:
-            killed_actor = _kill_one(ray_cluster, "GenerateLatents")
+            killed_actor = ray_cluster.kill_one("GenerateLatents") is not None
         if written >= 2 and killed_actor:
             break
         time.sleep(0.2)

@@ -8,12 +8,15 @@ import sys
 import time
 
 import httpx
+import pytest
 
 from model.build import build_bundle
 from model.checkpoint import save_bundle
 from model.config import load_config
 from model.media import write_sample_video
 from tests.integration.test_serve import _free_port
+
+pytestmark = pytest.mark.ray
 
 
 def test_videorobin_serve_becomes_ready_answers_and_stops_on_sigterm(ray_address, tmp_path):

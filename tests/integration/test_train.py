@@ -12,7 +12,6 @@ import threading
 import time
 import urllib.request
 
-import psutil
 import pytest
 import soundfile as sf
 
@@ -173,21 +172,22 @@ def test_resumed_run_takes_the_steps_an_unbroken_run_takes(prepared, ray_address
         assert y["loss"] == pytest.approx(x["loss"], rel=1e-4, abs=1e-5)
 
 
-def _kill_one_worker_after_first_checkpoint(storage, name, killed: list) -> None:
+def _kill_one_worker_after_first_checkpoint(storage, name, cluster, killed: list) -> None:
+    """Kills one RayTrainWorker of the session's cluster (never another cluster's) once `name` has a checkpoint."""
     deadline = time.time() + 300
     while not _has_checkpoint(storage, name) and time.time() < deadline:
         time.sleep(0.05)
-    for proc in psutil.process_iter(["cmdline"]):
-        if any("RayTrainWorker" in part for part in proc.info["cmdline"] or []):
-            proc.kill()
-            killed.append(proc.pid)
-            return
+    pid = cluster.kill_one("RayTrainWorker")
+    if pid is not None:
+        killed.append(pid)
 
 
-def test_a_killed_worker_is_recovered_from_the_latest_checkpoint(prepared, ray_address):
+def test_a_killed_worker_is_recovered_from_the_latest_checkpoint(prepared, ray_cluster, ray_address):
     storage = prepared / "runs"
     killed: list[int] = []
-    killer = threading.Thread(target=_kill_one_worker_after_first_checkpoint, args=(storage, "lost", killed))
+    killer = threading.Thread(
+        target=_kill_one_worker_after_first_checkpoint, args=(storage, "lost", ray_cluster, killed)
+    )
     killer.start()
     result = _cli(
         *_train_args(
