@@ -2,6 +2,13 @@
 
 One typed object, read from the `args:` of a Serve config YAML (or `videorobin serve --config`), so a
 platform team edits one file. Validation happens here, before any replica starts.
+
+Replica counts, autoscaling, queue bounds and actor resources belong in the application's `deployments:`
+list (Serve's own place for them, keyed by deployment name: Ingress, FrameEncoder, Planner, Refiner,
+AudioDecoder, Fused), not in `args`: Serve applies a change there in place, while any change to `args`
+rebuilds the application and restarts every replica. `ServeConfig.deployments` holds the same options for
+programmatic and local use; `load_serve_config` lays a file's `deployments:` list over it, so
+`videorobin serve --config FILE` runs what `serve deploy FILE` would.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from model.errors import InputError
 
 TOKEN_ENV = "VIDEOROBIN_API_TOKEN"
 
@@ -98,16 +107,58 @@ class ServeConfig(BaseModel):
         return "bearer token required" if self.auth_token else "open (no token: anyone who reaches it may call it)"
 
 
+# Serve's deployment names (the classes' names) -> the ServeConfig.deployments field holding their options.
+DEPLOYMENT_FIELDS = {
+    "Ingress": "ingress",
+    "FrameEncoder": "encoder",
+    "Planner": "planner",
+    "Refiner": "refiner",
+    "AudioDecoder": "decoder",
+    "Fused": "fused",
+}
+
+
+def _read_yaml(path: str) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
 def read_serve_args(path: str | None) -> dict:
     """The ServeConfig fields in a YAML file holding either the ServeConfig itself or a Serve config whose
     first app's `args` it is."""
     if not path:
         return {}
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = _read_yaml(path)
     return data["applications"][0].get("args", {}) if "applications" in data else data
 
 
+def read_serve_deployments(path: str | None) -> dict[str, dict]:
+    """A Serve config's `deployments:` list (first application) as {ServeConfig.deployments field: options}."""
+    if not path:
+        return {}
+    data = _read_yaml(path)
+    if "applications" not in data:
+        return {}
+    out = {}
+    for entry in data["applications"][0].get("deployments") or []:
+        name = entry.get("name")
+        if name not in DEPLOYMENT_FIELDS:
+            known = ", ".join(DEPLOYMENT_FIELDS)
+            raise InputError(f"{path}: `deployments:` names {name!r}, not a deployment of this app ({known})")
+        out[DEPLOYMENT_FIELDS[name]] = {k: v for k, v in entry.items() if k != "name"}
+    return out
+
+
 def load_serve_config(path: str | None, **overrides) -> ServeConfig:
-    data = read_serve_args(path)
+    """The file's ServeConfig (its `args`) with its `deployments:` list laid over `deployments`, option by
+    option as Serve does (a listed option replaces the one from `args` or the default; `ray_actor_options`
+    as a whole)."""
+    data = dict(read_serve_args(path))
+    listed = read_serve_deployments(path)
+    if listed:
+        base = Deployments(**data.get("deployments", {}))
+        data["deployments"] = {
+            field: {**getattr(base, field).model_dump(exclude_none=True), **listed.get(field, {})}
+            for field in Deployments.model_fields
+        }
     return ServeConfig(**{**data, **{k: v for k, v in overrides.items() if v is not None}})

@@ -18,6 +18,7 @@ ids already `ok`, retries `failed` ones (unless --skip-failed), and a killed run
 
 from __future__ import annotations
 
+import glob as globlib
 import logging
 import math
 import os
@@ -32,7 +33,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.catalogue import read_catalogue, read_manifests, write_manifest
-from jobs.metrics import record_stage
+from jobs.metrics import record_rows_left, record_stage
 from jobs.ray_session import connect
 from jobs.score_tasks import error_text, probe, write_outputs
 from model.checkpoint import checkpoint_id, load_bundle, load_vae_from_checkpoint, read_config
@@ -67,6 +68,19 @@ class ScoreConfig(BaseModel):
     decode_batch: int = Field(default=4, ge=1)
     decode_gpus: float = Field(default=0.0, ge=0)
     actor_cpus: float = Field(default=0.5, gt=0)  # <= 0.5 on small clusters: whole-CPU actors starve the reads
+    dataset: str | None = None  # the metrics' `dataset` tag; default: the catalogue's name (see dataset_tag)
+
+    @property
+    def dataset_tag(self) -> str:
+        """`dataset`, else the catalogue's file stem (`s3://b/films.parquet` -> films) or a glob's folder
+        (`s3://b/films/*.mp4` -> films): what the scoring dashboard filters by."""
+        if self.dataset:
+            return self.dataset
+        parts = self.catalogue.rstrip("/").split("/")
+        while len(parts) > 1 and globlib.has_magic(parts[-1]):
+            parts.pop()
+        name = parts[-1].split(".")[0]
+        return name if name and not globlib.has_magic(name) else "catalogue"
 
 
 # ---- stages (plain callables and callable classes, as Ray Data wants them) ---------------------------------
@@ -106,7 +120,9 @@ class GenerateLatents:
         steps: int | None,
         guidance: float | None,
         max_duration_s: float,
+        dataset: str = "",
     ) -> None:
+        self.dataset = dataset
         self.engine = Engine(
             load_bundle(checkpoint), device=_device(gpus), max_batch=max_batch, max_duration_s=max_duration_s
         )
@@ -144,7 +160,7 @@ class GenerateLatents:
         batch["latents"] = np.array(latents + [None], dtype=object)[:-1]
         seconds = time.perf_counter() - start
         batch["generate_s"] = _stage_seconds(batch, list(requests), seconds)
-        record_stage("generate", [batch["status"][i] for i in requests], seconds)
+        record_stage("generate", [batch["status"][i] for i in requests], seconds, self.dataset)
         return batch
 
     def _generate(self, requests: list, errors: dict[str, str]) -> dict:
@@ -166,7 +182,8 @@ class GenerateLatents:
 class DecodeAudio:
     """VAE decode (overlapping chunks) of each row's latents, trimmed to its duration."""
 
-    def __init__(self, checkpoint: str, gpus: float) -> None:
+    def __init__(self, checkpoint: str, gpus: float, dataset: str = "") -> None:
+        self.dataset = dataset
         self.vae = load_vae_from_checkpoint(checkpoint, _device(gpus))
 
     def __call__(self, batch: dict) -> dict:
@@ -184,7 +201,7 @@ class DecodeAudio:
         del batch["latents"]
         seconds = time.perf_counter() - start
         batch["decode_s"] = _stage_seconds(batch, ok, seconds)
-        record_stage("decode", [batch["status"][i] for i in ok], seconds)
+        record_stage("decode", [batch["status"][i] for i in ok], seconds, self.dataset)
         return batch
 
 
@@ -245,6 +262,7 @@ def build_pipeline(cfg: ScoreConfig, rows: list[dict], model_id: str) -> ray.dat
             "fps": vision.fps if vision is not None else 0.0,
             "image_size": image_size,
             "max_duration_s": cfg.max_duration_s,
+            "dataset": cfg.dataset_tag,
         },
     )
     ckpt = cfg.checkpoint
@@ -260,9 +278,17 @@ def build_pipeline(cfg: ScoreConfig, rows: list[dict], model_id: str) -> ray.dat
         steps=cfg.steps,
         guidance=cfg.guidance,
         max_duration_s=cfg.max_duration_s,
+        dataset=cfg.dataset_tag,
     )
     ds = _actor_stage(
-        ds, DecodeAudio, cfg.decode_batch, cfg.decode_actors, cfg.decode_gpus, cfg.actor_cpus, checkpoint=ckpt
+        ds,
+        DecodeAudio,
+        cfg.decode_batch,
+        cfg.decode_actors,
+        cfg.decode_gpus,
+        cfg.actor_cpus,
+        checkpoint=ckpt,
+        dataset=cfg.dataset_tag,
     )
     return ds.map(
         write_outputs,
@@ -274,6 +300,7 @@ def build_pipeline(cfg: ScoreConfig, rows: list[dict], model_id: str) -> ray.dat
             "do_mux": cfg.mux,
             "sample_rate": model_cfg.vae.sample_rate,
             "model_id": model_id,
+            "dataset": cfg.dataset_tag,
         },
     )
 
@@ -303,9 +330,11 @@ def run(cfg: ScoreConfig) -> dict:
         run_id = uuid.uuid4().hex[:8]
         pending: list[dict] = []
         part = 0
+        record_rows_left(len(todo), cfg.dataset_tag)  # the scoring stall alert: rows left, none finishing
         for batch in build_pipeline(cfg, todo, model_id).iter_rows():
             pending.append(batch)
             new[batch["id"]] = batch
+            record_rows_left(len(todo) - len(new), cfg.dataset_tag)
             if len(pending) >= cfg.rows_per_block:
                 write_manifest(uri_join(cfg.out, f"parts/{run_id}-{part:05d}.parquet"), pending)
                 pending, part = [], part + 1

@@ -30,7 +30,7 @@ def _fail(row: dict, stage: str, err: BaseException) -> dict:
     return row
 
 
-def probe(row: dict, fps: float, image_size: int, max_duration_s: float) -> dict:
+def probe(row: dict, fps: float, image_size: int, max_duration_s: float, dataset: str = "") -> dict:
     """Read the video header and its first frame (the rest is read window by window while the music is
     written); a bad video becomes a failed row."""
     start = time.perf_counter()
@@ -48,11 +48,13 @@ def probe(row: dict, fps: float, image_size: int, max_duration_s: float) -> dict
         row["duration_s"] = float("nan")
         _fail(row, "probe", err)
     row["probe_s"] = time.perf_counter() - start
-    record_stage("probe", [row["status"]], row["probe_s"])
+    record_stage("probe", [row["status"]], row["probe_s"], dataset)
     return row
 
 
-def write_outputs(row: dict, out: str, fmt: str, do_mux: bool, sample_rate: int, model_id: str) -> dict:
+def write_outputs(
+    row: dict, out: str, fmt: str, do_mux: bool, sample_rate: int, model_id: str, dataset: str = ""
+) -> dict:
     """Write the audio (and muxed mp4) under their final names; return the manifest row."""
     start = time.perf_counter()
     audio = np.asarray(row.pop("audio"))
@@ -67,14 +69,14 @@ def write_outputs(row: dict, out: str, fmt: str, do_mux: bool, sample_rate: int,
             if do_mux:
                 row["mp4"] = uri_join(out, f"mp4/{stem}.mp4")
                 _write_mp4(row["video"], audio, sample_rate, row["mp4"])
-            record_audio(row["duration_s"])
+            record_audio(row["duration_s"], dataset)
         except Exception as err:  # noqa: BLE001 - the row fails, the job goes on
             _fail(row, "write", err)
     row["write_s"] = time.perf_counter() - start
     row["finished_at"] = time.time()
     if not math.isfinite(row["duration_s"]):
         row["duration_s"] = None  # unknown: the video could not be probed
-    record_stage("write", [row["status"]], row["write_s"])
+    record_stage("write", [row["status"]], row["write_s"], dataset)
     return row
 
 

@@ -356,7 +356,7 @@ def train_loop(loop: dict) -> None:
             }
             if rank == 0:
                 state["history"].append(metrics)
-                record_train_step(cfg.run_name, cfg.stage, metrics)
+                record_train_step(cfg.run_name, cfg.stage, metrics, cfg.steps)
             last = state["step"] >= cfg.steps
             if state["step"] % cfg.checkpoint_every == 0 or last:
                 save_checkpoint(lambda d: engine.save_checkpoint(d, tag=DS_TAG), state, metrics, rank)
