@@ -4,6 +4,7 @@ AudioDecoder (or the fused deployment) and returns or streams the soundtrack.
     POST /v1/soundtracks          multipart (`video`, `audio` files) or JSON (`video_uri`, `audio_uri`)
                                   -> wav | flac | mp4
     POST /v1/soundtracks:stream   the same, audio streamed as a WAV while it is generated
+    GET  /                        a page to try it in a browser (deployments/web/index.html)
     GET  /healthz, GET /readyz
 
 Every refusal is `{"code", "message"}` with a stable code and the right status (deployments/errors.py).
@@ -29,9 +30,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.admission import Admission, CountedStream, Ticket
 from deployments.config import ServeConfig
+from deployments.docs import add_docs
 from deployments.errors import ApiError, media_error
 from deployments.inputs import Inputs, SoundtrackOptions, body_schema, read_inputs
 from deployments.metrics import serving_metrics
+from deployments.page import add_page
 from deployments.planner import ModelUnavailable, PlannerBroken
 from model.checkpoint import load_bundle_tokenizer, read_config
 from model.engine import GenerationParams
@@ -76,7 +79,11 @@ api = FastAPI(
     title="Video-Robin",
     version="1",
     description="Music for video: upload a video (or name one by URI) and an optional prompt; get a soundtrack.",
+    docs_url=None,  # /docs and /redoc come from deployments.docs: their assets served from the package, no CDN
+    redoc_url=None,
 )
+add_docs(api)
+add_page(api)  # GET /: try it in a browser
 
 
 @api.exception_handler(StarletteHTTPException)

@@ -1,8 +1,32 @@
-"""`videorobin`: the command line. One sub-command per job; the commands live in modules by concern:
+"""`videorobin`: the command line. One sub-command per job, in modules by concern; `videorobin <command> -h`
+shows a command's flags, their defaults and an example.
 
-    jobs/cli_model.py     generate, demo, info, serve       (the model, in process or on Ray Serve)
-    jobs/cli_batch.py     score, evaluate, evaluate-vae, quality   (Ray Data over many clips)
-    jobs/cli_training.py  make-dataset, train-tokenizer, train-vae, prepare, train, pipeline
+Commands:
+
+  the model, in process or on Ray Serve (jobs/cli_model.py)
+    generate          a soundtrack for a video, or music for a prompt alone
+    demo              a sample video, its soundtrack and the muxed mp4
+    info              parameter counts per component
+    serve             the HTTP API on Ray Serve
+  Ray Data over many clips (jobs/cli_batch.py)
+    score             soundtracks for a whole video catalogue
+    evaluate          metrics and an HTML report: generated vs reference
+    evaluate-vae      a VAE's reconstructions of held-out clips
+    quality           held-out prompt and video following next to controls
+  making a model (jobs/cli_training.py)
+    make-dataset      a training corpus rendered from music21 scores
+    train-tokenizer   a BPE prompt tokenizer
+    train-vae         the compact spectral VAE (Ray Train)
+    prepare           training manifest -> Parquet shards of latents and features
+    train             Ray Train + DeepSpeed, stage t2m or v2m
+    pipeline          the whole recipe: data -> VAE -> t2m -> v2m -> quality -> publish
+
+Global flags, before or after the command: `--log-level` (videorobin's own loggers: DEBUG, INFO, WARNING,
+ERROR), `--log-json` (log lines as JSON, one object a line: time, level, logger, message), `--json` (the
+end-of-run summary as one JSON line on stdout; lines meant for people go to stderr), `--verbose` (below).
+Every job (score, evaluate, evaluate-vae, quality, make-dataset, train-tokenizer, train-vae, prepare, train)
+takes `--config FILE`: a YAML mapping keyed by its flags' names; flags given on the command line win and
+unknown keys are refused. `pipeline`'s config file is its `--recipe` (`--config` is the same flag).
 
 Exit status: 0 done; 1 the job ran but failed (clips that failed, a training run out of retries);
 2 bad input, one line on stderr (`videorobin: error: ...`) and no traceback: a flag, a file, a config value
@@ -16,6 +40,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
+import json
 import logging
 import os
 import sys
@@ -23,31 +49,105 @@ import tempfile
 import time
 import traceback
 
-from jobs import cli_batch, cli_model, cli_training
-from jobs.cli_common import CommandParser, is_user_error, one_line
+from jobs import cli_batch, cli_model, cli_training, progress
+from jobs.cli_common import CommandParser, Commands, config_required, is_user_error, one_line, require_extras
 
 log = logging.getLogger("videorobin")
 EX_SOFTWARE = 70  # sysexits.h: an internal software error (a bug)
+LOGGERS = ("videorobin", "model", "jobs")  # ours, set by --log-level; other libraries' stay at WARNING
+TEXT_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def _global_flags(p: argparse.ArgumentParser, after_command: bool) -> None:
+    """The flags of every command, before or after its name (after it: SUPPRESS, unset when absent, and listed
+    only on `videorobin -h`)."""
+    unset, hidden = (argparse.SUPPRESS, argparse.SUPPRESS) if after_command else (None, None)
+
+    def flag(name: str, help: str, **kwargs) -> None:
+        kwargs.setdefault("action", "store_true")
+        kwargs["default"] = unset or kwargs.get("default", False)
+        p.add_argument(name, help=hidden or help, **kwargs)
+
+    flag("--verbose", "on an error, print its traceback on stderr")
+    flag("--log-level", "level of videorobin's own log lines", action="store", default="INFO",
+         choices=("DEBUG", "INFO", "WARNING", "ERROR"))  # fmt: skip
+    flag("--log-json", "log lines as JSON, one object a line: time, level, logger, message")
+    flag("--json", "print the end-of-run summary as one JSON line (other output goes to stderr)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = CommandParser(prog="videorobin", description="Music for video: Video-Robin generation and jobs.")
-    parser.add_argument("--verbose", action="store_true", help="on an error, print its traceback on stderr")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser)
+    parser = CommandParser(
+        prog="videorobin",
+        description="Music for video: Video-Robin generation and jobs.",
+        epilog="`videorobin <command> -h`: its flags, their defaults and an example\n\nexample:\n"
+        '  videorobin generate --video clip.mp4 --prompt "lo-fi piano, 90 BPM" --out music.wav',
+    )
+    _global_flags(parser, after_command=False)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=CommandParser, action=Commands)
     for module in (cli_model, cli_batch, cli_training):
         module.add_parsers(sub)
-    for command in sub.choices.values():  # `videorobin generate ... --verbose` too (SUPPRESS: unset when absent)
-        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    summaries = {choice.dest: choice.help for choice in sub._choices_actions}
+    for name, command in sub.choices.items():
+        command.description = command.description or summaries[name]
+        _global_flags(command, after_command=True)
+        if any(action.dest == "config_file" for action in command._actions):
+            config_required(command)
     return parser
 
 
+class JSONLogFormatter(logging.Formatter):
+    """--log-json: one JSON object a line, {time, level, logger, message[, exception]}."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        line = {
+            "time": when.isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the sys.stderr of the moment, not the one it was made with (as logging's last resort does)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
+    """Our loggers at `level`, lines as text or JSON on stderr. Like logging.basicConfig, the handler goes on
+    the root logger only when nothing else (a host program, pytest) has put one there."""
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if isinstance(h, _StderrHandler)]
+    if not root.handlers:
+        ours = [_StderrHandler()]
+        root.addHandler(ours[0])
+        root.setLevel(logging.WARNING)
+    for handler in ours:
+        handler.setFormatter(JSONLogFormatter() if json_lines else logging.Formatter(TEXT_LOG_FORMAT))
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    progress.INTERACTIVE = False if json_lines else None  # JSON logs: progress as log lines, never redrawn
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("videorobin", "model", "jobs"):
-        logging.getLogger(name).setLevel(logging.INFO)
     args = None
     try:
         args = build_parser().parse_args(argv)
+        configure_logging(args.log_level, args.log_json)
+        require_extras(args.command)
         with contextlib.ExitStack() as scratch:  # the command's temporary files (`scratch_dir`), however it ends
             args.scratch = scratch
             summary = args.run(args)
@@ -64,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"videorobin: internal error: {_bug_report(err, verbose, argv)}", file=sys.stderr)
         return EX_SOFTWARE
     status = summary.pop("exit_status", 0)
+    if args.json:  # one line a program reads: every key, None as null
+        print(json.dumps(summary, default=str))
+        return status
     for key, value in summary.items():
         if value is not None:
             print(f"{key}: {value}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.util
 import logging
 import sys
 import tempfile
@@ -48,9 +49,204 @@ def is_user_error(err: BaseException) -> bool:
     return isinstance(err, USER_ERRORS) or (isinstance(err, OSError) and err.errno in USER_ERRNOS)
 
 
+# Each role's pyproject extra, with modules that only it installs (found without importing them, so the check
+# is instant and runs before any Ray starts), and the extras each command needs.
+EXTRAS = {
+    "serve": ("ray", "fastapi", "aiohttp", "uvicorn"),
+    "data": ("ray", "pyarrow", "pandas", "music21", "mido"),
+    "train": ("ray", "pyarrow", "pandas", "deepspeed"),
+    "eval": ("ray", "pyarrow", "pandas", "librosa", "essentia", "mir_eval", "prdc", "scipy", "matplotlib", "auraloss"),
+}
+COMMAND_EXTRAS = {
+    "serve": ("serve",),
+    "make-dataset": ("data",),
+    "prepare": ("data",),
+    "train-tokenizer": ("data",),
+    "score": ("data",),
+    "train": ("train",),
+    "train-vae": ("train",),
+    "evaluate": ("eval",),
+    "evaluate-vae": ("eval",),
+    "quality": ("data", "eval"),
+    "pipeline": ("data", "train", "eval"),
+}
+
+
+def require_extras(command: str) -> None:
+    """One line naming the extra to install when a command's role is not installed."""
+    for extra in COMMAND_EXTRAS.get(command, ()):
+        missing = [name for name in EXTRAS[extra] if not _installed(name)]
+        if missing:
+            raise CLIError(
+                f"`videorobin {command}` needs the [{extra}] extra: pip install 'video-robin[{extra}]'"
+                f" (missing: {', '.join(missing)})"
+            )
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a finder that refuses it, or a broken install
+        return False
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """`-h`: epilogs (the examples) as written, and every option's default after its help, unless the help
+    already says what the default is or there is none to show (None, off, an empty list)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        nothing = default is None or default is False or default is argparse.SUPPRESS or default == []
+        if not action.option_strings or "default" in text or nothing:  # (0 and 0.0 are shown)
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class CommandParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # argparse prints usage + error; we want one line
         raise CLIError(message)
+
+
+def example(*lines: str) -> str:
+    """A command's epilog: how it is run."""
+    return "example:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+# ---- --config FILE: a job's settings from YAML, the command line on top ------------------------------------
+
+GLOBAL_DESTS = {"help", "verbose", "log_level", "log_json", "json", "config_file"}  # never keys of --config
+
+
+def add_config_arg(p: argparse.ArgumentParser, keys: dict[str, str] | None = None, extras: tuple = ()) -> None:
+    """--config FILE for a job. The file's keys are the command's flags (`encode_batch` or `encode-batch`);
+    `keys` maps the job config's own field names onto flags (max_duration_s -> max_duration); `extras` are
+    fields of the job's config with no flag, passed to it as they are (see `job_flags`)."""
+    p.add_argument(
+        "--config",
+        dest="config_file",
+        metavar="FILE",
+        help="YAML mapping of this command's settings, keyed by flag name (e.g. encode_batch: 16); "
+        "flags given on the command line win; unknown keys are refused",
+    )
+    p.set_defaults(config_keys=keys or {}, config_extras=tuple(extras), config_extra={})
+
+
+def config_required(p: argparse.ArgumentParser) -> None:
+    """A job with --config may take its required flags from the file: argparse stops requiring them and
+    `Commands` checks them once the file is read."""
+    required = []
+    for action in p._actions:
+        if action.required and action.option_strings:
+            action.required = False
+            action.help = f"{action.help} (required: here or in --config)"
+            required.append((action.dest, action.option_strings[0]))
+    p.set_defaults(required_flags=required)
+
+
+class Commands(argparse._SubParsersAction):
+    """The sub-commands. After a command's flags are parsed: which flags the command line gave (`given`), the
+    --config file filling in the others, then the required flags checked (on the command line or in the file)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        command = self._name_parser_map[values[0]]
+        namespace.given = given_dests(command, values[1:])
+        if getattr(namespace, "config_file", None):
+            apply_config_file(command, namespace)
+        flags = command.get_default("required_flags") or ()
+        missing = [flag for dest, flag in flags if getattr(namespace, dest, None) is None]
+        if missing:
+            command.error(f"the following arguments are required: {', '.join(missing)}")
+
+
+def given_dests(command: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The dests the command line set: `argv` parsed again with no defaults (so a flag given with its
+    default value counts as given)."""
+    saved = [(action, action.default) for action in command._actions]
+    saved_defaults, command._defaults = command._defaults, {}
+    try:
+        for action, _ in saved:
+            action.default = argparse.SUPPRESS
+        return set(vars(command.parse_known_args(argv, None)[0]))
+    finally:
+        for action, default in saved:
+            action.default = default
+        command._defaults = saved_defaults
+
+
+def read_config_file(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise CLIError(f"--config {path}: no such file") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise CLIError(f"--config {path}: not valid YAML ({getattr(err, 'problem', None) or err}{where})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise CLIError(f"--config {path}: must hold a mapping of settings (flag: value)")
+    return values
+
+
+def apply_config_file(command: argparse.ArgumentParser, namespace: argparse.Namespace) -> None:
+    """Set the flags the command line did not give from the --config file; refuse keys that are not flags."""
+    import difflib
+
+    path = namespace.config_file
+    values = read_config_file(path)
+    actions = {a.dest: a for a in command._actions if a.option_strings and a.dest not in GLOBAL_DESTS}
+    keys, extras = command.get_default("config_keys") or {}, command.get_default("config_extras") or ()
+    known = [*actions, *keys, *extras]
+    unknown = [str(k) for k in values if keys.get(str(k).replace("-", "_"), str(k).replace("-", "_")) not in known]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0].replace("-", "_"), known, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"its keys are the flags of `{command.prog} -h`"
+        raise CLIError(f"--config {path}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} ({hint})")
+    extra = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        dest = keys.get(name, name)
+        if dest in actions:
+            if dest not in namespace.given:
+                setattr(namespace, dest, _config_value(actions[dest], value, f"--config {path}: {key}"))
+                namespace.given.add(dest)  # given: by the user, on the command line or in the file
+        else:
+            extra[name] = value
+    namespace.config_extra = extra
+
+
+def _config_value(action: argparse.Action, value, where: str):
+    """A --config value as its flag would have parsed it (type, list, switch, choices), or one line why not."""
+    if action.nargs == 0:  # a switch
+        if not isinstance(value, bool):
+            raise CLIError(f"{where}: expected true or false, not {value!r}")
+        return value
+    if value is None:
+        return None
+    many = isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*")
+    if many != isinstance(value, list) or any(isinstance(v, (dict, list)) for v in (value if many else [value])):
+        raise CLIError(f"{where}: expected {'a list of values' if many else 'one value'}, not {value!r}")
+    convert = action.type or str
+    try:
+        items = [convert(str(v)) for v in (value if many else [value])]
+    except (TypeError, ValueError):
+        raise CLIError(f"{where}: {value!r} is not {getattr(convert, '__name__', 'valid')}") from None
+    for item in items:
+        if action.choices is not None and item not in action.choices:
+            raise CLIError(f"{where}: {item!r} is not one of {', '.join(map(str, action.choices))}")
+    return items if many else items[0]
 
 
 def one_line(err: BaseException) -> str:
@@ -67,8 +263,15 @@ def device_name(name: str | None) -> str:
 
 
 def job_flags(args, config_cls) -> dict:
-    """The parsed flags that are fields of a job's config, by name (e.g. --encode-batch -> encode_batch)."""
-    return {k: getattr(args, k) for k in config_cls.model_fields if hasattr(args, k)}
+    """The parsed flags that are fields of a job's config, by name (e.g. --encode-batch -> encode_batch), and
+    the --config file's fields that have no flag."""
+    flags = {k: getattr(args, k) for k in config_cls.model_fields if hasattr(args, k)}
+    return flags | {k: v for k, v in getattr(args, "config_extra", {}).items() if k in config_cls.model_fields}
+
+
+def say(args, text: str) -> None:
+    """A line for the person at the terminal: on stdout, or on stderr under --json (stdout: the summary alone)."""
+    print(text, file=sys.stderr if getattr(args, "json", False) else sys.stdout)
 
 
 def model_checkpoint(args) -> str | None:
@@ -76,6 +279,10 @@ def model_checkpoint(args) -> str | None:
     random weights instead."""
     from model.checkpoint import default_checkpoint
 
+    if getattr(args, "checkpoint", None) and getattr(args, "preset", None):
+        raise CLIError("--checkpoint and --preset both choose the model: give one")
+    if getattr(args, "set", None) and not getattr(args, "preset", None):
+        raise CLIError("--set overrides a --preset's config (a checkpoint keeps its own): give --preset too")
     if getattr(args, "checkpoint", None):
         return args.checkpoint
     if getattr(args, "preset", None):
@@ -135,15 +342,31 @@ def progress_bar(total_label: str) -> tuple[Callable[[int, int], None], Callable
     return update, bar.close
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, *, device: bool = True, seed: bool = True) -> None:
+    """Which model (--checkpoint/--preset/--set) and how it samples (--steps, --guidance, --max-duration); a job
+    that does not take --device or --seed (score: each row has its seed, each actor pool its GPUs) does not
+    get them, so argparse refuses them instead of the job ignoring them."""
     p.add_argument("--checkpoint", help="checkpoint directory (local path or fsspec URI); default: the shipped model")
     p.add_argument("--preset", help="random weights of this preset or config file instead (tiny, small, paper)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (with --preset)")
-    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--seed", type=int, default=0)
+    if device:
+        p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    if seed:
+        p.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed writes the same music")
     p.add_argument("--steps", type=int, help="Euler steps per patch (>= 1; default: the model's)")
-    p.add_argument("--cfg", type=float, help="classifier-free guidance scale (>= 0; default: the model's)")
-    p.add_argument("--max-duration", type=float, default=7200.0, help="longest clip accepted, seconds (default 2 h)")
+    add_guidance_arg(p)
+    p.add_argument("--max-duration", type=float, default=7200.0, help="longest clip accepted, seconds")
+
+
+def add_guidance_arg(p: argparse.ArgumentParser) -> None:
+    """--guidance, as the API names it; --cfg is the older spelling of the same flag."""
+    p.add_argument(
+        "--guidance",
+        "--cfg",
+        dest="guidance",
+        type=float,
+        help="classifier-free guidance scale (>= 0; default: the model's); --cfg is the same flag",
+    )
 
 
 def add_pool_args(p: argparse.ArgumentParser, stages: tuple[tuple[str, int], ...]) -> None:
@@ -164,13 +387,13 @@ def add_run_args(p: argparse.ArgumentParser, name: str | None) -> None:
     p.add_argument("--address", help="Ray cluster address (default: start a local one)")
     p.add_argument("--workers", type=int, default=1, help="training workers (one per GPU)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, help="0 trains on CPUs (gloo, fp32)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per training worker")
     p.add_argument("--threads", type=int, help="torch threads per CPU worker (default: its CPUs)")
     p.add_argument("--batch-size", type=int, default=4, help="clips per worker per step")
-    p.add_argument("--checkpoint-every", type=int, default=100)
+    p.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--max-failures", type=int, default=3, help="worker-group restarts before giving up")
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=10, help="steps between step logs (loss, rate, ETA)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the initial weights, crops and shuffling")
 
 
 def training_failed(err: BaseException) -> dict:

@@ -12,9 +12,11 @@ from jobs.cli_common import (
     CLIError,
     add_model_args,
     device_name,
+    example,
     load_model,
     progress_bar,
     saved_model,
+    say,
     scratch_dir,
 )
 from jobs.ray_session import connect
@@ -59,7 +61,7 @@ def _generate(args) -> dict:
     fmt = _check_generate_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    params = GenerationParams(seed=args.seed, duration_s=args.duration, steps=args.steps, guidance=args.cfg)
+    params = GenerationParams(seed=args.seed, duration_s=args.duration, steps=args.steps, guidance=args.guidance)
     if args.video is not None:
         probe_video(args.video)  # refuse a bad video before spending time on the model
     bundle = load_model(args)
@@ -134,12 +136,13 @@ def _info(args) -> dict:
         counts = parameter_counts(VideoRobin(cfg), build_vae(cfg.vae))
     width = max(map(len, counts))
     for name, n in counts.items():
-        print(f"{name:<{width}}  {n:>13,}  ({n / 1e6:.1f} M)")
-    print(
+        say(args, f"{name:<{width}}  {n:>13,}  ({n / 1e6:.1f} M)")
+    say(
+        args,
         f"{'latent':<{width}}  {cfg.latent_dim} channels at {cfg.latent_rate:g} Hz, patch {cfg.patch_size}"
-        f" ({cfg.patch_size / cfg.latent_rate * 1000:.0f} ms), {cfg.patches_for(10.0)} patches per 10 s"
+        f" ({cfg.patch_size / cfg.latent_rate * 1000:.0f} ms), {cfg.patches_for(10.0)} patches per 10 s",
     )
-    return {}
+    return {"parameters": counts} if args.json else {}  # the table above is the text summary
 
 
 def _serve(args) -> dict:
@@ -160,20 +163,27 @@ def _serve(args) -> dict:
     connect(args.address, log_to_driver=True)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, name="videorobin", route_prefix="/", blocking=False)
-    print(f"videorobin: serving {cfg.mode} on http://{args.host}:{args.port} (docs at /docs); Ctrl-C stops")
-    print(f"videorobin: API auth: {cfg.auth_mode()}")
+    say(args, f"videorobin: serving {cfg.mode} on http://{args.host}:{args.port} (docs at /docs); Ctrl-C stops")
+    say(args, f"videorobin: API auth: {cfg.auth_mode()}")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill` stops it like Ctrl-C
     try:
         signal.pause()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the normal way to stop a server
-        print("videorobin: stopping")
+        say(args, "videorobin: stopping")
     finally:
         serve.shutdown()
     return {}
 
 
 def add_parsers(sub) -> None:
-    gen = sub.add_parser("generate", help="write a soundtrack for a video, or music for a prompt alone")
+    gen = sub.add_parser(
+        "generate",
+        help="write a soundtrack for a video, or music for a prompt alone",
+        epilog=example(
+            'videorobin generate --video clip.mp4 --prompt "lo-fi piano, 90 BPM" --out music.wav --mux clip_music.mp4',
+            'videorobin generate --prompt "a slow piano piece in A minor, 70 BPM" --duration 12 --out music.flac',
+        ),
+    )
     gen.add_argument("--video", help="input video file (without it: --prompt and --duration)")
     gen.add_argument("--prompt", help="creator intent; with a video, default: the static video-only prompt")
     gen.add_argument("--out", required=True, help="output audio (.wav or .flac, 48 kHz stereo)")
@@ -201,21 +211,32 @@ def add_parsers(sub) -> None:
     add_model_args(gen)
     gen.set_defaults(run=_generate)
 
-    demo = sub.add_parser("demo", help="make a sample video, then write its soundtrack and a muxed mp4")
-    demo.add_argument("--out-dir", default="demo_output")
+    demo = sub.add_parser(
+        "demo",
+        help="make a sample video, then write its soundtrack and a muxed mp4",
+        epilog=example("videorobin demo --out-dir demo_output --duration 8"),
+    )
+    demo.add_argument("--out-dir", default="demo_output", help="where sample.mp4, .wav and _with_music.mp4 go")
     demo.add_argument("--duration", type=float, default=8.0, help="length of the sample video, seconds")
-    demo.add_argument("--prompt", default="lo-fi piano, 90 BPM, A minor, builds at the end")
+    demo.add_argument("--prompt", default="lo-fi piano, 90 BPM, A minor, builds at the end", help="creator intent")
     add_model_args(demo)
     demo.set_defaults(run=_demo, audio_prompt=None, include_prompt=False, from_s=None, align_cuts=1, threads=None)
 
-    srv = sub.add_parser("serve", help="the HTTP API on Ray Serve, until interrupted (GET /readyz when ready)")
+    srv = sub.add_parser(
+        "serve",
+        help="the HTTP API on Ray Serve, until interrupted (GET /readyz when ready)",
+        epilog=example(
+            "videorobin serve --mode fused --port 8000",
+            "videorobin serve --config cluster/serve-config.yaml --require-token",
+        ),
+    )
     srv.add_argument("--config", help="serving YAML: a ServeConfig, or a Serve config whose app args are one")
     srv.add_argument("--checkpoint", help="model checkpoint (overrides the config's; default: the shipped model)")
     srv.add_argument("--mode", choices=["disaggregated", "fused"], help="override the config's mode")
     srv.add_argument("--preset", help="random weights of this preset instead of a checkpoint")
     srv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (random model)")
-    srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--host", default="127.0.0.1", help="address the HTTP server listens on (0.0.0.0: all)")
+    srv.add_argument("--port", type=int, default=8000, help="HTTP port")
     srv.add_argument("--address", help="Ray cluster address (default: start a local one)")
     srv.add_argument(
         "--require-token",
@@ -224,7 +245,9 @@ def add_parsers(sub) -> None:
     )
     srv.set_defaults(run=_serve)
 
-    info = sub.add_parser("info", help="parameter counts per component")
-    info.add_argument("--preset", default="paper")
-    info.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    info = sub.add_parser(
+        "info", help="parameter counts per component", epilog=example("videorobin info --preset paper --set rite=null")
+    )
+    info.add_argument("--preset", default="paper", help="preset (tiny, small, paper) or config file")
+    info.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     info.set_defaults(run=_info)

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from jobs.catalogue import read_manifests
 from jobs.evaluation.cuts import cut_alignment, detect_cuts
 from jobs.evaluation.distribution import density_coverage, frechet_distance_between, inception_score, kl_divergence
-from jobs.evaluation.embedders import load_audio_embedder, parse_embedder
+from jobs.evaluation.embedders import check_weights, load_audio_embedder, parse_embedder
 from jobs.evaluation.music import (
     beat_times,
     compile_beat_tracker,
@@ -39,6 +39,7 @@ from jobs.evaluation.music import (
 )
 from jobs.evaluation.qc import technical_qc
 from jobs.evaluation.report import render_html, spectrogram_png
+from jobs.progress import track
 from jobs.ray_session import connect
 from jobs.score_tasks import error_text
 from model.errors import InputError
@@ -289,11 +290,14 @@ def set_metrics(clips: list[dict], embedders: list[str]) -> list[dict]:
 
 def run(cfg: EvaluateConfig) -> dict:
     """Evaluate every clip, write metrics.json, the report and the figures; return the summary."""
-    for spec in cfg.embedders:
+    for spec in cfg.embedders:  # names and weights checked here, before any Ray actor loads them
         try:
-            parse_embedder(spec)
+            check_weights(*parse_embedder(spec))
         except ValueError as err:
             raise EvaluateError(str(err)) from None
+    for scorer, uri in (("clap", cfg.clap), ("imagebind", cfg.imagebind)):
+        if uri is not None and not uri_exists(uri):
+            raise EvaluateError(f"--{scorer}: no weights at {uri}")
     rows = collect_clips(cfg)
     connect(cfg.address)
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
@@ -307,7 +311,8 @@ def run(cfg: EvaluateConfig) -> dict:
         compute=ray.data.ActorPoolStrategy(size=cfg.actors),
         num_cpus=cfg.actor_cpus,
     )
-    clips = sorted((json.loads(r["result"]) for r in ds.iter_rows()), key=lambda c: c["name"])
+    results = track(ds.iter_rows(), "evaluate", len(rows))  # the progress line
+    clips = sorted((json.loads(r["result"]) for r in results), key=lambda c: c["name"])
     names = sorted({e for c in clips for e in c.get("features", {})})
     metrics = {
         "generated": cfg.generated,

@@ -42,6 +42,7 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.catalogue import CatalogueError, read_table
+from jobs.progress import track
 from jobs.ray_session import connect
 from model.checkpoint import load_bundle_tokenizer, load_clip, load_vae_from_checkpoint, read_config, save_encoders
 from model.config import VideoRobinConfig
@@ -299,7 +300,7 @@ def _prepare(cfg: PrepareConfig, rows: list[dict], out: str) -> dict:
         fn_constructor_kwargs={"encoders": out, "gpus": cfg.encode_gpus},
     )
     shards, errors = _Shards(out, cfg.rows_per_shard, model.latent_dim), []
-    for row in ds.iter_rows():
+    for row in track(ds.iter_rows(), "prepare", len(rows)):
         if row["error"]:
             errors.append({"id": row["id"], "error": row["error"]})
         else:

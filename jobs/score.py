@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from jobs.catalogue import read_catalogue, read_manifests, write_manifest
 from jobs.metrics import record_rows_left, record_stage
+from jobs.progress import track
 from jobs.ray_session import connect
 from jobs.score_tasks import error_text, probe, write_outputs
 from model.checkpoint import checkpoint_id, load_bundle, load_vae_from_checkpoint, read_config
@@ -331,7 +332,7 @@ def run(cfg: ScoreConfig) -> dict:
         pending: list[dict] = []
         part = 0
         record_rows_left(len(todo), cfg.dataset_tag)  # the scoring stall alert: rows left, none finishing
-        for batch in build_pipeline(cfg, todo, model_id).iter_rows():
+        for batch in track(build_pipeline(cfg, todo, model_id).iter_rows(), "score", len(todo)):
             pending.append(batch)
             new[batch["id"]] = batch
             record_rows_left(len(todo) - len(new), cfg.dataset_tag)

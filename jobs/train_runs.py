@@ -13,8 +13,10 @@ import logging
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable
 
+from jobs.progress import eta_text
 from model.errors import InputError
 from model.io import read_bytes, uri_exists, uri_join
 
@@ -129,7 +131,18 @@ def warmup_cosine(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+_last_logged: dict[str, tuple[int, float]] = {}  # job -> (step, time) of its previous step line: the ETA's rate
+
+
 def log_step(job: str, step: int, total: int, metrics: dict, extra: str = "") -> None:
+    """The step line (rank 0, every --log-every steps), ending with the ETA: steps left at the rate since the
+    previous line (checkpoints and data waits included), from the second line on."""
+    now = time.monotonic()
+    before = _last_logged.get(job)
+    _last_logged[job] = (step, now)
+    if before is not None and step > before[0] and now > before[1]:
+        rate = (step - before[0]) / (now - before[1])
+        extra += f", {rate:.3g} steps/s, ETA {eta_text((total - step) / rate)}"
     log.info(
         "[videorobin %s] step %d/%d loss %.4f lr %.2e grad-norm %.3f %.2f samples/s%s",
         job,

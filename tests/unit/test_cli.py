@@ -11,6 +11,7 @@ import soundfile as sf
 from tests.media_files import write_bad_inputs
 
 HOP_S = 1920 / 48000
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def videorobin(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -294,3 +295,297 @@ def test_serve_with_a_preset_removes_its_random_checkpoint_when_it_ends(scratch,
     status, err = _main(capsys, "serve", "--preset", "tiny", "--address", "10.0.0.1:6379", "--mode", "fused")
     assert status == 2 and err.strip().splitlines()[-1].startswith("videorobin: error: could not connect"), err
     assert list(scratch.iterdir()) == []
+
+
+HIDE_MODULES = """
+import importlib.abc, os, sys
+
+class Hidden(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in os.environ["HIDDEN_MODULES"].split(","):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, Hidden())
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "hidden", "extra"),
+    [
+        (["train", "--stage", "t2m", "--data", "d", "--storage", "s", "--steps", "1"], "deepspeed", "train"),
+        (["serve"], "fastapi", "serve"),
+        (["score", "--catalogue", "c.jsonl", "--out", "o"], "pyarrow", "data"),
+        (["evaluate", "--generated", "g", "--reference", "r", "--out", "o"], "librosa", "eval"),
+    ],
+)
+def test_a_command_whose_extra_is_missing_names_it_in_one_line(tmp_path, command, hidden, extra):
+    """As in an install without the role's extra: the module is not there, and the command says which extra
+    to install before it starts anything."""
+    (tmp_path / "sitecustomize.py").write_text(HIDE_MODULES)
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "HIDDEN_MODULES": hidden}
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", *command], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"videorobin: error: `videorobin {command[0]}` needs the [{extra}] extra: "
+        f"pip install 'video-robin[{extra}]' (missing: {hidden})"
+    ]
+
+
+# ---- a CLI that explains itself (issue #14): help, examples, --config, logs, --json, progress ---------------
+
+
+def _commands() -> dict:
+    import argparse
+
+    from jobs.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {"": parser, **sub.choices}
+
+
+def test_the_module_docstring_lists_every_command():
+    import re
+
+    import jobs.cli
+
+    section = jobs.cli.__doc__.split("Commands:", 1)[1].split("Global flags", 1)[0]
+    listed = re.findall(r"^    ([a-z][a-z-]*)  ", section, re.MULTILINE)
+    assert sorted(listed) == sorted(name for name in _commands() if name)
+
+
+def test_every_option_has_help_text_and_shows_its_default():
+    import argparse
+
+    for name, command in _commands().items():
+        text = " ".join(command.format_help().split())
+        for action in command._actions:
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._SubParsersAction):
+                continue
+            assert action.help and action.help.strip(), (name, action.dest)
+            default = action.default
+            if default in (None, argparse.SUPPRESS) or default is False or default == []:
+                continue
+            help_text = " ".join((action.help % {"default": default}).split())
+            assert "default" in help_text or f"{help_text} (default: {default})" in text, (name, action.dest)
+
+
+def test_every_command_has_an_example_that_runs_as_written():
+    import shlex
+
+    from jobs.cli import build_parser
+
+    for name, command in _commands().items():
+        assert command.epilog and "example:" in command.epilog, name
+        examples = [line.strip() for line in command.epilog.splitlines() if line.strip().startswith("videorobin ")]
+        assert examples and all(line.startswith(f"videorobin {name}") for line in examples), name
+        for line in examples:
+            argv = shlex.split(line.split("   #")[0])[1:]
+            if "--config" not in argv:
+                build_parser().parse_args(argv)  # every flag in it exists and its values parse
+
+
+def test_guidance_is_named_as_in_the_api_and_cfg_is_the_same_flag():
+    from jobs.cli import build_parser
+
+    needs = {
+        "generate": ["--prompt", "x", "--out", "o.wav"],
+        "demo": [],
+        "score": ["--catalogue", "c.jsonl", "--out", "o"],
+        "quality": ["--manifest", "m.jsonl", "--out", "o"],
+    }
+    for name, rest in needs.items():
+        assert build_parser().parse_args([name, *rest, "--guidance", "2.5"]).guidance == 2.5
+        assert build_parser().parse_args([name, *rest, "--cfg", "1.5"]).guidance == 1.5
+    root = os.path.join(ROOT, "cluster")
+    for folder, _, files in os.walk(root):
+        for file in files:
+            assert "--cfg" not in open(os.path.join(folder, file), errors="replace").read(), file
+
+
+SCORE = ["score", "--catalogue", "c.jsonl", "--out", "{tmp}/o"]
+PROMPT_ONLY = ["generate", "--prompt", "x", "--duration", "1", "--out", "{tmp}/o.wav"]
+UNUSED = {  # a flag the job would ignore, or one another flag overrules
+    "score --seed": ([*SCORE, "--seed", "3"], "unrecognized arguments: --seed 3"),
+    "score --device": ([*SCORE, "--device", "cuda"], "unrecognized arguments: --device cuda"),
+    "--checkpoint with --preset": ([*PROMPT_ONLY, "--checkpoint", "ck", "--preset", "tiny"], "and --preset both"),
+    "--set without --preset": ([*PROMPT_ONLY, "--set", "rite=null"], "--set overrides a --preset's config"),
+    "prepare --checkpoint --preset": (
+        ["prepare", "--manifest", "m.jsonl", "--out", "{tmp}/o", "--checkpoint", "ck", "--preset", "tiny"],
+        "--checkpoint brings its own",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", UNUSED)
+def test_flags_a_job_does_not_use_are_refused_in_one_line(tmp_path, scratch, capsys, case):
+    args, flag = UNUSED[case]
+    status, err = _main(capsys, *[a.format(tmp=tmp_path) for a in args])
+    assert status == 2, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("videorobin: error: ") and flag in line, err
+    assert list(tmp_path.iterdir()) == [scratch]  # refused before anything ran
+
+
+def _config(tmp_path, text: str) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_file_gives_a_jobs_settings_and_flags_given_on_the_command_line_win(tmp_path):
+    from jobs.cli import build_parser
+    from jobs.cli_common import job_flags
+    from jobs.prepare import PrepareConfig
+
+    path = _config(
+        tmp_path,
+        "catalogue: films.parquet\nout: scored\ngenerate-actors: 3\nactor_cpus: 0.25\nmax_duration_s: 60\n"
+        "guidance: 2.5\nmux: true\nformat: flac\n",
+    )
+    args = build_parser().parse_args(["score", "--config", path, "--generate-actors", "1", "--cfg", "1.5"])
+    assert (args.catalogue, args.out, args.actor_cpus, args.max_duration, args.mux, args.format) == (
+        "films.parquet", "scored", 0.25, 60.0, True, "flac")  # fmt: skip
+    assert (args.generate_actors, args.guidance) == (1, 1.5)  # given, though 1 is also the flag's default
+    text = "manifest: train.jsonl\nout: prepared\nencode_batch: 16\nread_cpus: 0.5\nset: [rite=null]\n"
+    path = _config(tmp_path, text)
+    args = build_parser().parse_args(["prepare", "--config", path])
+    flags = job_flags(args, PrepareConfig)
+    assert (flags["encode_batch"], flags["read_cpus"], args.set) == (16, 0.5, ["rite=null"])  # a field with no flag too
+
+
+CONFIG_REFUSED = {
+    "unknown key": ("catalog: films.parquet\n", "unknown key catalog (did you mean catalogue?)"),
+    "wrong type": ("generate_batch: eight\n", "generate_batch: 'eight' is not int"),
+    "not a choice": ("format: mp3\n", "format: 'mp3' is not one of wav, flac"),
+    "a switch": ("mux: 1\n", "mux: expected true or false"),
+    "not a mapping": ("- 1\n", "must hold a mapping"),
+    "not YAML": ("out: [1\n", "not valid YAML"),
+    "a required flag missing": ("out: scored\n", "the following arguments are required: --catalogue"),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_REFUSED)
+def test_a_bad_config_file_is_refused_in_one_line_before_the_job_starts(tmp_path, scratch, capsys, case):
+    text, message = CONFIG_REFUSED[case]
+    status, err = _main(capsys, "score", "--config", _config(tmp_path, text))
+    assert status == 2, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("videorobin: error: ") and message in line, err
+
+
+def test_every_field_of_a_jobs_config_can_come_from_its_config_file():
+    """Each field of a job's pydantic config is a flag, a field name mapped onto one, a field passed through
+    from --config as it is, or computed by the command from its flags (named here)."""
+    from jobs.dataset import DatasetConfig
+    from jobs.evaluate import EvaluateConfig
+    from jobs.prepare import PrepareConfig
+    from jobs.quality import QualityConfig
+    from jobs.score import ScoreConfig
+    from jobs.train import TrainConfig
+    from jobs.train_vae import TrainVAEConfig
+    from jobs.vae_report import VAEReportConfig
+
+    jobs = {
+        "score": (ScoreConfig, set()),
+        "evaluate": (EvaluateConfig, set()),
+        "evaluate-vae": (VAEReportConfig, set()),  # vae: read from the --vae export
+        "quality": (QualityConfig, set()),
+        "make-dataset": (DatasetConfig, set()),
+        "prepare": (PrepareConfig, {"model"}),  # from --checkpoint, or --preset/--set and --vae
+        "train": (TrainConfig, set()),
+        "train-vae": (TrainVAEConfig, {"vae"}),  # from --preset/--set
+    }
+    commands = _commands()
+    for name, (config_cls, computed) in jobs.items():
+        command = commands[name]
+        reachable = {a.dest for a in command._actions} | set(command.get_default("config_keys"))
+        reachable |= set(command.get_default("config_extras")) | computed
+        assert set(config_cls.model_fields) <= reachable, (name, set(config_cls.model_fields) - reachable)
+    with_config = {name for name, c in commands.items() if any(a.dest == "config_file" for a in c._actions)}
+    assert with_config == {*jobs, "train-tokenizer"}  # pipeline: --recipe (alias --config); serve: its own
+
+
+def test_log_level_and_json_log_lines(monkeypatch, capsys):
+    import json
+    import logging
+
+    from jobs.cli import JSONLogFormatter, main
+
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in a fresh process: nothing configured yet
+    assert main(["--log-json", "info", "--preset", "tiny", "--log-level", "DEBUG"]) == 0
+    assert logging.getLogger("jobs").level == logging.DEBUG
+    logging.getLogger("jobs.score").debug("rows %d", 3)
+    logging.getLogger("some.library").info("not ours: stays at WARNING")
+    line = json.loads(capsys.readouterr().err.strip())
+    assert {k: line[k] for k in ("level", "logger", "message")} == {"level": "DEBUG", "logger": "jobs.score",
+                                                                      "message": "rows 3"}  # fmt: skip
+    assert line["time"].endswith("+00:00")
+    assert main(["--log-level", "WARNING", "info", "--preset", "tiny"]) == 0
+    logging.getLogger("videorobin").info("hidden")
+    logging.getLogger("videorobin").warning("shown")
+    assert capsys.readouterr().err == "WARNING videorobin: shown\n"  # text again, on the same handler
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("jobs", logging.ERROR, __file__, 1, "failed", None, sys.exc_info())
+    assert "ValueError: boom" in json.loads(JSONLogFormatter().format(record))["exception"]
+
+
+def test_json_prints_the_summary_as_one_json_line_and_the_rest_on_stderr(capsys):
+    import json
+
+    from jobs.cli import main
+
+    for argv in (["--json", "info", "--preset", "tiny"], ["info", "--preset", "tiny", "--json"]):
+        assert main(argv) == 0
+        out, err = capsys.readouterr()
+        (line,) = out.splitlines()
+        assert json.loads(line)["parameters"]["semantic_lm"] > 0
+        assert "semantic_lm" in err  # the table, for people
+    assert main(["info", "--preset", "tiny"]) == 0
+    assert "semantic_lm" in capsys.readouterr().out
+
+
+def test_a_batch_job_prints_one_progress_line_with_an_eta(caplog, capsys):
+    import logging
+
+    from jobs.progress import Progress, track
+
+    now = [0.0]
+    with caplog.at_level(logging.INFO, logger="jobs.progress"):
+        rows = track(range(100), "score", 100, every_s=10, clock=lambda: now[0], interactive=False)
+        for _ in rows:
+            now[0] += 0.5  # a row every 0.5 s, counted as it arrives
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "score: 21/100 rows, 2.1 rows/s, ETA 0:00:38"  # every 10 s
+    assert lines[-1] == "score: 100/100 rows in 0:00:50, 2 rows/s"  # and once at the end
+    progress = Progress("prepare", 4, clock=lambda: now[0], interactive=True)
+    progress.update()
+    now[0] += 1
+    progress.update()
+    with pytest.raises(RuntimeError):  # the line is finished however the loop ends
+        for _ in track(range(4), "evaluate", 4, interactive=True):
+            raise RuntimeError("a bug")
+    err = capsys.readouterr().err
+    assert "\rprepare: 2/4 rows, 2 rows/s, ETA 0:00:01" in err and err.endswith("\x1b[K\n")
+
+
+def test_train_step_lines_end_with_an_eta(caplog, monkeypatch):
+    import logging
+    import time
+
+    from jobs import train_runs
+
+    clock = iter([100.0, 120.0])  # 10 steps in 20 s: 0.5 steps/s, 80 steps left
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    metrics = {"loss": 1.0, "lr": 1e-4, "grad_norm": 0.5, "samples_per_s": 8.0}
+    with caplog.at_level(logging.INFO, logger=train_runs.log.name):
+        train_runs.log_step("test-eta", 10, 100, metrics)
+        train_runs.log_step("test-eta", 20, 100, metrics)
+    first, second = (r.getMessage() for r in caplog.records)
+    assert "ETA" not in first
+    assert second.endswith("8.00 samples/s, 0.5 steps/s, ETA 0:02:40")

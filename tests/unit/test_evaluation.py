@@ -176,7 +176,32 @@ def test_technical_qc_measures_loudness_clipping_silence_and_dc():
 def musicnn():
     from jobs.evaluation.embedders import load_audio_embedder
 
-    return load_audio_embedder("musicnn", None)  # the weights inside the installed musicnn wheel
+    return load_audio_embedder("musicnn", None)  # the weights shipped with the package
+
+
+def test_the_shipped_musicnn_weights_are_the_wheels_checkpoint(tmp_path):
+    """The safetensors file in the package is musicnn's own TF checkpoint, converted: same tags and
+    embedding for the same input, to the last bit."""
+    from jobs.evaluation.embedders.musicnn import MusicnnEmbedder, default_weights, wheel_checkpoint
+
+    original = wheel_checkpoint()
+    if original is None:
+        pytest.skip("the musicnn wheel (the reference) is not installed")
+    shipped, converted = MusicnnEmbedder(default_weights()), MusicnnEmbedder(original)
+    audio = np.random.default_rng(0).standard_normal((2, 48000 * 4)).astype(np.float32) * 0.1
+    a, b = shipped(audio, 48000), converted(audio, 48000)
+    assert np.array_equal(a.embedding, b.embedding) and np.array_equal(a.probabilities, b.probabilities)
+
+
+def test_evaluate_checks_embedder_weights_before_starting_anything(tmp_path, capsys):
+    from jobs.cli import main
+
+    (tmp_path / "gen").mkdir()
+    args = ["evaluate", "--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "gen")]
+    args += ["--out", str(tmp_path / "out"), "--embedder", f"vggish={tmp_path / 'missing.pth'}"]
+    assert main(args) == 2
+    assert f"embedder vggish: no weights at {tmp_path / 'missing.pth'}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def _top_tags(embedder, audio: np.ndarray, rate: int, n: int = 3) -> list[str]:

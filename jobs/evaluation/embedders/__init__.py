@@ -2,7 +2,7 @@
 
 Audio embedders (`AudioEmbedder`): a clip -> one embedding, plus class probabilities for classifiers.
 
-    musicnn   musicnn MTT tagger (weights ship in the `musicnn` wheel): 200-d, 50 tags   offline
+    musicnn   musicnn MTT tagger (weights ship with this package): 200-d, 50 tags   offline
     vggish    VGGish (torchvggish .pth): 128-d, for FAD
     panns     PANNs CNN14 (.pth): 2048-d, 527 AudioSet classes, for FD, KL and IS
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from jobs.evaluation.embedders.base import AudioEmbedder, AudioFeatures
 from model.errors import InputError
+from model.io import uri_exists
 
 AUDIO_EMBEDDERS = ("musicnn", "vggish", "panns")
 NEEDS_WEIGHTS = ("vggish", "panns")
@@ -29,6 +30,20 @@ def parse_embedder(spec: str) -> tuple[str, str | None]:
     if name in NEEDS_WEIGHTS and not uri:
         raise InputError(f"embedder {name} needs its weights: --embedder {name}=PATH_OR_URI")
     return name, uri or None
+
+
+def check_weights(name: str, uri: str | None) -> None:
+    """On the driver, before any actor starts: the embedder's weights are there (one line if not)."""
+    if uri is not None:
+        if not uri_exists(uri):
+            raise InputError(f"embedder {name}: no weights at {uri}")
+    elif name == "musicnn":
+        from jobs.evaluation.embedders.musicnn import default_weights
+
+        try:
+            default_weights()
+        except FileNotFoundError as err:
+            raise InputError(str(err)) from None
 
 
 def load_audio_embedder(name: str, weights: str | None) -> AudioEmbedder:
@@ -47,4 +62,11 @@ def load_audio_embedder(name: str, weights: str | None) -> AudioEmbedder:
     raise ValueError(f"unknown embedder {name!r}")
 
 
-__all__ = ["AUDIO_EMBEDDERS", "AudioEmbedder", "AudioFeatures", "load_audio_embedder", "parse_embedder"]
+__all__ = [
+    "AUDIO_EMBEDDERS",
+    "AudioEmbedder",
+    "AudioFeatures",
+    "check_weights",
+    "load_audio_embedder",
+    "parse_embedder",
+]

@@ -1,8 +1,9 @@
 """musicnn (Pons & Serra, 2019): a music tagger whose 200-d penultimate layer is a music embedding.
 
-A PyTorch port of the MTT_musicnn network. Its pretrained weights ship inside the `musicnn` wheel
-as a TensorFlow checkpoint, read here by `tf_bundle` without TensorFlow, so FD/KL/IS/Density/
-Coverage can be computed offline with a real music model. These numbers are labelled
+A PyTorch port of the MTT_musicnn network. Its pretrained weights were published inside the `musicnn`
+wheel as a TensorFlow checkpoint; `export_safetensors` read them once with `tf_bundle` (no TensorFlow)
+into `weights/musicnn-mtt.safetensors`, which ships with this package, so FD/KL/IS/Density/Coverage
+are computed offline with a real music model from a normal install. These numbers are labelled
 "musicnn-MTT" and are not comparable with VGGish/PANNs/PaSST figures in papers.
 
 The weights and the network's design are musicnn's, under this notice:
@@ -25,6 +26,7 @@ The weights and the network's design are musicnn's, under this notice:
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +37,7 @@ from jobs.evaluation.embedders.base import AudioFeatures
 from jobs.evaluation.embedders.tf_bundle import checkpoint_prefix, read_tf_checkpoint
 from jobs.evaluation.music import to_mono
 from model.errors import InputError
+from model.weights import read_safetensors, write_safetensors
 
 SAMPLE_RATE = 16000
 N_FFT, HOP, N_MELS = 512, 256, 96
@@ -50,12 +53,29 @@ MTT_TAGS = tuple(
 )  # the checkpoint's label order
 
 
+SHIPPED_WEIGHTS = Path(__file__).parent / "weights" / "musicnn-mtt.safetensors"  # ISC notice: weights/NOTICE
+
+
 def default_weights() -> str:
-    """The MTT_musicnn checkpoint directory inside the installed `musicnn` wheel."""
+    """The MTT_musicnn weights shipped with the package."""
+    if not SHIPPED_WEIGHTS.is_file():
+        raise FileNotFoundError(f"musicnn weights missing from this install: {SHIPPED_WEIGHTS}")
+    return str(SHIPPED_WEIGHTS)
+
+
+def wheel_checkpoint() -> str | None:
+    """The original TF checkpoint directory inside an installed `musicnn` wheel, if there is one."""
     spec = importlib.util.find_spec("musicnn")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("musicnn weights: install the wheel with `pip install --no-deps musicnn`")
+        return None
     return f"{list(spec.submodule_search_locations)[0]}/MTT_musicnn"
+
+
+def export_safetensors(tf_checkpoint: str, out: str) -> None:
+    """Convert musicnn's TF checkpoint directory into our safetensors layout (how SHIPPED_WEIGHTS was made)."""
+    net = Musicnn()
+    net.load_tf(read_tf_checkpoint(checkpoint_prefix(tf_checkpoint)))
+    write_safetensors(out, {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")})
 
 
 def log_mel(audio: np.ndarray) -> np.ndarray:
@@ -158,7 +178,12 @@ class MusicnnEmbedder:
         self.weights = weights or default_weights()
         self.name = "musicnn-MTT"
         self.net = Musicnn().eval()
-        self.net.load_tf(read_tf_checkpoint(checkpoint_prefix(self.weights)))
+        if self.weights.endswith(".safetensors"):
+            missing, unexpected = self.net.load_state_dict(read_safetensors(self.weights), strict=False)
+            if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
+                raise InputError(f"{self.weights}: not musicnn weights (missing {missing}, unexpected {unexpected})")
+        else:  # the original TF checkpoint directory
+            self.net.load_tf(read_tf_checkpoint(checkpoint_prefix(self.weights)))
         self.labels = MTT_TAGS
 
     @torch.no_grad()
