@@ -42,11 +42,13 @@ class RayCluster:
     def processes(self) -> list[psutil.Process]:
         """Its live processes: those whose command line names its temp dir (GCS, raylet, agents, monitors), their
         descendants (workers, renamed `ray::...` once they run a task or actor), and workers its raylet started
-        that have since been reparented."""
+        that have since been reparented; also the Ray client server, which names only the GCS address."""
         marker = self.temp_dir + os.sep
+        port = ":" + self.address.rsplit(":", 1)[1]  # the GCS port, whichever host name a process was given
         found: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter(["cmdline"]):
-            if any(marker in part for part in proc.info["cmdline"] or []):
+            parts = proc.info["cmdline"] or []
+            if any(marker in part or (part.startswith("--address=") and part.endswith(port)) for part in parts):
                 found[proc.pid] = proc
         raylets = {str(p.pid) for p in found.values() if _name(p) == "raylet"}
         for proc in list(found.values()):
