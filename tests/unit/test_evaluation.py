@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from jobs.dataset import make_dataset
 from jobs.evaluation.cuts import cut_alignment, detect_cuts
@@ -182,11 +183,15 @@ def musicnn():
 def test_the_shipped_musicnn_weights_are_the_wheels_checkpoint(tmp_path):
     """The safetensors file in the package is musicnn's own TF checkpoint, converted: same tags and
     embedding for the same input, to the last bit."""
-    from jobs.evaluation.embedders.musicnn import MusicnnEmbedder, default_weights, wheel_checkpoint
+    from jobs.evaluation.embedders.musicnn import MusicnnEmbedder, default_weights, export_safetensors, wheel_checkpoint
+    from model.weights import read_safetensors
 
     original = wheel_checkpoint()
     if original is None:
         pytest.skip("the musicnn wheel (the reference) is not installed")
+    export_safetensors(original, str(tmp_path / "converted.safetensors"))  # how the shipped file was made
+    again, ours = read_safetensors(str(tmp_path / "converted.safetensors")), read_safetensors(default_weights())
+    assert again.keys() == ours.keys() and all(torch.equal(again[k], ours[k]) for k in ours)
     shipped, converted = MusicnnEmbedder(default_weights()), MusicnnEmbedder(original)
     audio = np.random.default_rng(0).standard_normal((2, 48000 * 4)).astype(np.float32) * 0.1
     a, b = shipped(audio, 48000), converted(audio, 48000)
