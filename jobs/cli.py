@@ -22,8 +22,9 @@ Commands:
     pipeline          the whole recipe: data -> VAE -> t2m -> v2m -> quality -> publish
 
 Global flags, before or after the command: `--log-level` (videorobin's own loggers: DEBUG, INFO, WARNING,
-ERROR), `--log-json` (log lines as JSON, one object a line: time, level, logger, message), `--json` (the
-end-of-run summary as one JSON line on stdout; lines meant for people go to stderr), `--verbose` (below).
+ERROR), `--log-json` (log lines as JSON, one object a line: time, level, logger, message; those logged in the
+job's Ray workers too, with Ray's keys), `--json` (the end-of-run summary as one JSON line on stdout; lines
+meant for people go to stderr), `--verbose` (below).
 Every job (score, evaluate, evaluate-vae, quality, make-dataset, train-tokenizer, train-vae, prepare, train)
 takes `--config FILE`: a YAML mapping keyed by its flags' names; flags given on the command line win and
 unknown keys are refused. `pipeline`'s config file is its `--recipe` (`--config` is the same flag).
@@ -49,8 +50,9 @@ import tempfile
 import time
 import traceback
 
-from jobs import cli_batch, cli_model, cli_training, progress
-from jobs.cli_common import CommandParser, Commands, config_required, is_user_error, one_line, require_extras
+from jobs import cli_batch, cli_model, cli_training, progress, ray_session
+from jobs.cli_common import CommandParser, is_user_error, one_line, require_extras
+from jobs.cli_config import Commands, config_required
 
 log = logging.getLogger("videorobin")
 EX_SOFTWARE = 70  # sysexits.h: an internal software error (a bug)
@@ -71,7 +73,8 @@ def _global_flags(p: argparse.ArgumentParser, after_command: bool) -> None:
     flag("--verbose", "on an error, print its traceback on stderr")
     flag("--log-level", "level of videorobin's own log lines", action="store", default="INFO",
          choices=("DEBUG", "INFO", "WARNING", "ERROR"))  # fmt: skip
-    flag("--log-json", "log lines as JSON, one object a line: time, level, logger, message")
+    flag("--log-json", "log lines as JSON, one object a line: time, level, logger, message; the job's Ray "
+         "workers' lines too, with Ray's keys")  # fmt: skip
     flag("--json", "print the end-of-run summary as one JSON line (other output goes to stderr)")
 
 
@@ -127,8 +130,9 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
-    """Our loggers at `level`, lines as text or JSON on stderr. Like logging.basicConfig, the handler goes on
-    the root logger only when nothing else (a host program, pytest) has put one there."""
+    """Our loggers at `level`, lines as text or JSON on stderr; with JSON, the Ray workers of the job this
+    command starts too (jobs/ray_session.py). Like logging.basicConfig, the handler goes on the root logger
+    only when nothing else (a host program, pytest) has put one there."""
     root = logging.getLogger()
     ours = [h for h in root.handlers if isinstance(h, _StderrHandler)]
     if not root.handlers:
@@ -140,6 +144,7 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
     for name in LOGGERS:
         logging.getLogger(name).setLevel(level)
     progress.INTERACTIVE = False if json_lines else None  # JSON logs: progress as log lines, never redrawn
+    ray_session.WORKER_JSON_LOG_LEVEL = level if json_lines else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from jobs.cli_common import (
     CLIError,
-    add_config_arg,
     add_guidance_arg,
     add_model_args,
     add_pool_args,
@@ -14,6 +13,7 @@ from jobs.cli_common import (
     saved_model,
     say,
 )
+from jobs.cli_config import add_config_arg
 
 
 def _score(args) -> dict:
@@ -146,7 +146,7 @@ def add_parsers(sub) -> None:
     q.add_argument("--checkpoint", help="the model (default: the shipped one)")
     q.add_argument("--clips", type=int, help="only the first N held-out clips")
     q.add_argument("--conditions", nargs="+", help="a subset of the conditions (default: all; see the README)")
-    q.add_argument("--steps", type=int, help="Euler steps (default: the model's)")
+    q.add_argument("--steps", type=int, help="LocDiT solver steps per patch (default: the model's)")
     add_guidance_arg(q)
     q.add_argument("--address", help="Ray cluster address (default: start a local one)")
     q.add_argument("--generate-batch", type=int, default=8, help="rows per generate batch")

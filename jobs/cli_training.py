@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from jobs.cli_common import (
     CLIError,
-    add_config_arg,
     add_pool_args,
     add_run_args,
     example,
@@ -12,6 +11,7 @@ from jobs.cli_common import (
     say,
     training_failed,
 )
+from jobs.cli_config import add_config_arg
 
 
 def _make_dataset(args) -> dict:

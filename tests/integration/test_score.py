@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import av
 import numpy as np
@@ -256,3 +257,24 @@ def test_a_row_that_raises_in_any_stage_fails_alone_and_only_scores_own_leftover
         assert abs(sf.info(manifest[name]["audio"]).duration - spec[name]) <= HOP_S
     assert all(path.read_text() == "not score's" for path in theirs)
     assert not ours.exists()
+
+
+@pytest.mark.faults
+def test_log_json_makes_the_workers_log_lines_json_objects_too(ray_cluster, tmp_path):
+    """Under --log-json, a line logged inside a generation actor (a batch that raised: the fault hook fails
+    PyAV on the video's later windows) is one JSON object in the job's worker logs, the files under the
+    cluster's session dir where score's workers write (score does not forward them to the driver)."""
+    video = tmp_path / "poison-late-json.mp4"
+    write_sample_video(str(video), 12.0, cut_every_s=0.5, size=64)
+    (tmp_path / "catalogue.jsonl").write_text(json.dumps({"id": "late", "video": str(video)}) + "\n")
+    args = [sys.executable, "-m", "jobs.cli", "--log-json", "score", "--catalogue", str(tmp_path / "catalogue.jsonl")]
+    args += ["--out", str(tmp_path / "out"), "--preset", "tiny", "--address", ray_cluster.address, "--steps", "1"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900, env={**os.environ, **job_env()})
+    assert result.returncode == 1, result.stderr[-3000:]  # the poisoned row failed
+    logs = Path(ray_cluster.temp_dir, "session_latest", "logs").glob("worker-*.err")
+    lines = [line for path in logs for line in path.read_text().splitlines() if video.name in line]
+    assert lines and all(line.startswith("{") for line in lines), lines  # in text: the traceback's last line
+    records = [json.loads(line) for line in lines]
+    (warning,) = [r for r in records if r["message"].startswith("a generation batch failed")]
+    assert (warning["levelname"], warning["name"]) == ("WARNING", "jobs.score")
+    assert f"injected fault: PyAV cannot open {video.name}" in warning["exc_text"]  # the traceback, in the object
