@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--short-minutes", type=float, default=1.0)
     parser.add_argument("--checkpoint", help="default: the shipped model")
-    parser.add_argument("--steps", type=int, help="Euler steps per patch (default: the model's)")
+    parser.add_argument("--steps", type=int, help="LocDiT solver steps per patch (default: the model's)")
     parser.add_argument("--keep", help="keep the outputs (and partial results, to resume) in this directory")
     parser.add_argument("--cli-threads", type=int, help="intra-op threads of the CLI (default: torch's own)")
     args = parser.parse_args()

@@ -28,7 +28,7 @@ class SoundtrackOptions(BaseModel):
     prompt: str | None = None  # creator intent; default: the static video-only prompt
     seed: int = 0
     duration: float | None = None  # seconds of music; default: the video's length
-    steps: int | None = None  # Euler steps per patch; default: the model's
+    steps: int | None = None  # LocDiT solver steps per patch; default: the model's
     guidance: float | None = None  # classifier-free guidance scale; default: the model's
     format: Literal["wav", "flac", "mp4"] = "wav"  # mp4 = the input video with the music muxed in
     stream: bool = False  # stream the audio as a WAV while it is generated (format must be wav)

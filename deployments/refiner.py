@@ -1,4 +1,4 @@
-"""Refiner: stateless LocDiT trajectories (Euler steps, CFG) for the patches of many planner steps at once."""
+"""Refiner: stateless LocDiT trajectories (ODE solver steps, CFG) for the patches of many planner steps at once."""
 
 from __future__ import annotations
 

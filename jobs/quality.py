@@ -55,7 +55,7 @@ class QualityConfig(BaseModel):
     out: str
     clips: int | None = Field(default=None, ge=2)  # the first N held-out clips (default: all)
     conditions: list[str] = list(CONDITIONS)
-    steps: int | None = Field(default=None, ge=1)  # Euler steps (default: the model's)
+    steps: int | None = Field(default=None, ge=1)  # LocDiT solver steps per patch (default: the model's)
     guidance: float | None = Field(default=None, ge=0)
     address: str | None = None
     generate_batch: int = Field(default=8, ge=1)

@@ -280,8 +280,12 @@ VAEConfig = Annotated[
 ]
 
 
+Solver = Literal["euler", "midpoint"]
+
+
 class FlowConfig(_Strict):
-    steps: int = Field(default=20, ge=1)  # Euler steps at inference (paper §5.2)
+    steps: int = Field(default=20, ge=1)  # solver steps at inference (paper §5.2: 20 Euler steps)
+    solver: Solver = "euler"  # midpoint: two evaluations a step, second order (model/flow.py)
     guidance: float = Field(default=2.0, ge=0)
     t_mean: float = -0.4  # training t = sigmoid(N(t_mean, t_std)) ("log-normal")
     t_std: float = Field(default=1.0, gt=0)

@@ -1,4 +1,5 @@
-"""Flow matching for LocDiT: the training loss and the Euler sampler with batched classifier-free guidance.
+"""Flow matching for LocDiT: the training loss and the ODE sampler (Euler or midpoint) with batched classifier-free
+guidance.
 
 Convention (VoxCPM/DiTAR): t = 1 is noise, t = 0 is data, x_t = (1 - t) x + t z, target v = z - x.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.config import FlowConfig
+from model.config import FlowConfig, Solver
 from model.locdit import LocDiT
 
 
@@ -43,18 +44,21 @@ def flow_loss(
 
 
 @torch.no_grad()
-def euler_sample(
+def sample_flow(
     dit: LocDiT,
     mu: torch.Tensor,
     prev: torch.Tensor,
     noise: torch.Tensor,
     steps: torch.Tensor | int,
     guidance: torch.Tensor | float,
+    solver: Solver = "euler",
 ) -> torch.Tensor:
     """Integrate the ODE from t=1 (noise) to t=0 with guided velocity v_u + w (v_c - v_u).
 
-    The conditional and unconditional (mu = 0) halves go through ONE LocDiT call per step. Rows may ask
+    The conditional and unconditional (mu = 0) halves go through ONE LocDiT call per evaluation. Rows may ask
     for different step counts and guidance: a row with fewer steps finishes early and stops moving.
+    `euler` evaluates once per step; `midpoint` twice (second order: 3-4 midpoint steps land as close to the
+    exact solution as 20 Euler steps, README "Fewer refinement steps").
 
     Args:
         mu: (B, H); prev, noise: (B, P, D); steps: int or (B,) long; guidance: float or (B,).
@@ -64,13 +68,20 @@ def euler_sample(
     B = mu.shape[0]
     steps = torch.as_tensor(steps, device=mu.device).expand(B)
     w = torch.as_tensor(guidance, device=mu.device, dtype=noise.dtype).expand(B)[:, None, None]
-    x = noise
     mu2 = torch.cat([mu, torch.zeros_like(mu)])
     prev2 = torch.cat([prev, prev])
+
+    def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # guided velocity at each row's time t (B,)
+        v_c, v_u = dit(mu2, torch.cat([t, t]), prev2, torch.cat([x, x])).chunk(2)
+        return v_u + w * (v_c - v_u)
+
+    x = noise
     for i in range(int(steps.max())):
         active = (i < steps).to(x.dtype)  # (B,)
         t = 1.0 - i / steps.clamp(min=1).to(x.dtype)  # each row's own grid
         dt = active / steps.to(x.dtype)
-        v_c, v_u = dit(mu2, torch.cat([t, t]), prev2, torch.cat([x, x])).chunk(2)
-        x = x - dt[:, None, None] * (v_u + w * (v_c - v_u))
+        v = velocity(x, t)
+        if solver == "midpoint":
+            v = velocity(x - (dt / 2)[:, None, None] * v, t - dt / 2)
+        x = x - dt[:, None, None] * v
     return x

@@ -53,7 +53,7 @@ class RefineBatch:
     mu: torch.Tensor  # (B, Hd) plans
     prev: torch.Tensor  # (B, P, D) previous patches
     noise: torch.Tensor  # (B, P, D)
-    steps: torch.Tensor  # (B,) Euler steps per row
+    steps: torch.Tensor  # (B,) solver steps per row
     guidance: torch.Tensor  # (B,) CFG scale per row
 
     TENSORS = ("mu", "prev", "noise", "steps", "guidance")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from model.cache import Rows
-from model.flow import euler_sample
+from model.flow import sample_flow
 from model.videorobin import Conditions, VideoRobin
 
 _NOISE_MIX = 1_000_003  # odd multiplier spreading (seed, patch index) pairs over generator seeds
@@ -26,7 +26,7 @@ def refine_patches(
     model: VideoRobin, mu: torch.Tensor, prev: torch.Tensor, noise: torch.Tensor, steps, guidance
 ) -> torch.Tensor:
     """One LocDiT trajectory per row: (B, Hd) plans, (B, P, D) previous patches and noise -> (B, P, D) patches."""
-    return euler_sample(model.locdit, mu, prev, noise, steps, guidance)
+    return sample_flow(model.locdit, mu, prev, noise, steps, guidance, model.cfg.flow.solver)
 
 
 class Runner:
