@@ -14,3 +14,15 @@ from __future__ import annotations
 
 class InputError(ValueError):
     """Input a user can fix (a flag, a file, a config value), with a one-line reason."""
+
+
+class MediaError(InputError):
+    """A video or audio input that cannot be used, with a one-line reason.
+
+    `kind` says which way it fails, for callers that map it to an error code: "unreadable" (not a media
+    file we can open, or no video in it), "empty" (no bytes, no duration or no frames), "undecodable"
+    (opens, but its frames cannot be decoded), "too_long" (over a length limit)."""
+
+    def __init__(self, message: str, kind: str = "unreadable") -> None:
+        super().__init__(message)
+        self.kind = kind

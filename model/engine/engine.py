@@ -28,8 +28,7 @@ from model.engine.request import AudioPrompt, GenerationParams, GenerationReques
 from model.engine.runner import Runner, patch_noise, refine_patches
 from model.engine.scheduler import RowState, Scheduler
 from model.engine.windows import FrameSource, VideoFrames, frames_per_window, window_frames, windows_of
-from model.errors import InputError
-from model.media import MediaError, probe_video
+from model.errors import InputError, MediaError
 from model.vae import AudioAutoencoder, decode_window_array
 from model.videorobin import Conditions, VideoRobin
 
@@ -150,6 +149,8 @@ class Engine:
         Raises `MediaError`/`ValueError` on bad input.
         """
         if video is not None:
+            from model.media import probe_video  # PyAV only where a video is read (benchmarks/gpu.sh has none)
+
             video_duration_s = probe_video(video).duration_s
         context, first_patch = None, 0
         if audio_prompt is not None:

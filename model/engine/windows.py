@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from model.config import VideoRobinConfig
-from model.media import sample_frames
 
 
 @dataclass(frozen=True)
@@ -75,6 +74,8 @@ class VideoFrames:
         self.path, self.fps, self.size, self.encode = path, fps, size, encode
 
     def features(self, first: int, count: int) -> torch.Tensor:
+        from model.media import sample_frames  # PyAV only where a video is read
+
         frames = sample_frames(self.path, self.fps, self.size, count / self.fps, count, start_s=first / self.fps)
         return self.encode(frames)
 
