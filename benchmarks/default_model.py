@@ -10,49 +10,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import tempfile
-import time
 
 import torch
+from common import CLIP_S, describe_device, time_engine
 
 from model.checkpoint import default_checkpoint, load_bundle
 from model.engine import Engine, GenerationParams
 from model.media import write_beat_video
 
-CLIP_S = 10.0
 PROMPT = "a bright piano piece in D major, 120 BPM"
 
 
-def _device() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"{os.cpu_count()}-core {platform.machine()} CPU ({torch.get_num_threads()} torch threads), no GPU"
-
-
 def time_batch(engine: Engine, video: str, batch: int, repeats: int) -> dict:
-    def once(seed: int) -> tuple[float, float]:
-        requests = [engine.make_request(video, PROMPT, GenerationParams(seed=seed + i)) for i in range(batch)]
-        started = time.perf_counter()
-        latents = engine.generate_latents(requests)
-        mid = time.perf_counter()
-        for r in requests:
-            engine.decode(latents[r.request_id], r)
-        return mid - started, time.perf_counter() - mid
-
-    once(0)  # warm-up: allocator, kernels, caches
-    runs = [once(100 + k) for k in range(repeats)]
-    latent_s = statistics.median(r[0] for r in runs)
-    decode_s = statistics.median(r[1] for r in runs)
-    return {
-        "batch": batch,
-        "latents_s": round(latent_s, 3),
-        "decode_s": round(decode_s, 3),
-        "total_s": round(latent_s + decode_s, 3),
-        "seconds_per_clip": round((latent_s + decode_s) / batch, 3),
-        "clips_per_s": round(batch / (latent_s + decode_s), 3),
-    }
+    return time_engine(
+        engine, lambda seed: engine.make_request(video, PROMPT, GenerationParams(seed=seed)), batch, repeats
+    )
 
 
 def main() -> None:
@@ -75,7 +48,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "device": _device(),
+                "device": describe_device(),
                 "checkpoint": args.checkpoint,
                 "clip_s": CLIP_S,
                 "steps": bundle.config.flow.steps,

@@ -15,52 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import subprocess
-import time
 
 import torch
+from common import CLIP_S, describe_device, feature_request, median_time
 
 from model.build import build_bundle
 from model.cache import Rows
 from model.config import load_config
-from model.engine import Engine, GenerationParams
+from model.engine import Engine
 from model.engine.reference import generate_by_recompute
 from model.videorobin import Conditions
-
-CLIP_S = 10.0
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _median_time(fn, device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
-
-
-def _request(engine: Engine, seed: int, steps: int = 20):
-    """A 10 s request with 50 frames of CLIP features (5 fps) and the static prompt, like a real video."""
-    cfg = engine.cfg
-    frames = torch.randn(
-        round(CLIP_S * cfg.vision.fps), cfg.vision.feature_dim, generator=torch.Generator().manual_seed(seed)
-    )
-    return engine.make_request(
-        frames=frames, params=GenerationParams(seed=seed, duration_s=CLIP_S, steps=steps), request_id=f"clip{seed}"
-    )
 
 
 @torch.no_grad()
@@ -77,13 +46,13 @@ def ar_head_cached(engine: Engine, request, teacher: torch.Tensor) -> None:
 def bench_paper(device: torch.device, repeats: int) -> dict:
     bundle = build_bundle(load_config("paper"))
     engine = Engine(bundle, device=device, max_batch=1, max_duration_s=CLIP_S)
-    request = _request(engine, seed=0)
+    request = feature_request(engine, seed=0)
     cfg = engine.cfg
     teacher = torch.randn(request.n_patches, cfg.patch_size, cfg.latent_dim, device=device)
     model = engine.bundle.model
     ar_head_cached(engine, request, teacher)  # burn-in
-    cached = _median_time(lambda: ar_head_cached(engine, request, teacher), device, repeats)
-    naive = _median_time(lambda: generate_by_recompute(model, request, plan_only=True, teacher=teacher), device, 1)
+    cached = median_time(lambda: ar_head_cached(engine, request, teacher), device, repeats)
+    naive = median_time(lambda: generate_by_recompute(model, request, plan_only=True, teacher=teacher), device, 1)
     _emit(
         {
             "measure": "ar_head_10s",
@@ -94,8 +63,8 @@ def bench_paper(device: torch.device, repeats: int) -> dict:
         }
     )
     generated = {}
-    loop = _median_time(lambda: generated.update(engine.generate_latents([request])), device, 1)
-    naive_loop = _median_time(lambda: generate_by_recompute(model, request), device, 1)
+    loop = median_time(lambda: generated.update(engine.generate_latents([request])), device, 1)
+    naive_loop = median_time(lambda: generate_by_recompute(model, request), device, 1)
     _emit(
         {
             "measure": "patch_loop_10s",
@@ -106,7 +75,7 @@ def bench_paper(device: torch.device, repeats: int) -> dict:
         }
     )
     frames = generated[request.request_id]
-    decode = _median_time(lambda: engine.decode(frames, request), device, 1)
+    decode = median_time(lambda: engine.decode(frames, request), device, 1)
     _emit(
         {
             "measure": "paper_clip_10s_batch1",
@@ -128,15 +97,15 @@ def bench_paper(device: torch.device, repeats: int) -> dict:
 def bench_batch(device: torch.device, repeats: int, clips: int = 8) -> dict:
     bundle = build_bundle(load_config("tiny"))
     one, many = Engine(bundle, device=device, max_batch=1), Engine(bundle, device=device, max_batch=clips)
-    requests = [_request(many, seed=s) for s in range(clips)]
+    requests = [feature_request(many, seed=s) for s in range(clips)]
     many.generate_latents(requests[:2])  # burn-in
 
     def sequential():
         for r in requests:
             one.generate_latents([r])
 
-    t1 = _median_time(sequential, device, repeats)
-    t8 = _median_time(lambda: many.generate_latents(requests), device, repeats)
+    t1 = median_time(sequential, device, repeats)
+    t8 = median_time(lambda: many.generate_latents(requests), device, repeats)
     _emit(
         {
             "measure": "tiny_throughput",
@@ -149,12 +118,6 @@ def bench_batch(device: torch.device, repeats: int, clips: int = 8) -> dict:
     return {"batch_speedup": t1 / t8, "tiny_batch1_clips_per_s": clips / t1, "tiny_batch8_clips_per_s": clips / t8}
 
 
-def _describe(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -162,7 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    summary = {"device": _describe(device), "commit": commit, "torch": torch.__version__}
+    summary = {"device": describe_device(device), "commit": commit, "torch": torch.__version__}
     summary |= bench_batch(device, args.repeats)
     summary |= bench_paper(device, args.repeats)
     print(json.dumps(summary))

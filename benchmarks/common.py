@@ -1,0 +1,86 @@
+"""What the benchmarks share: the device in words, timing that waits for the GPU, a clip request made of
+random CLIP features, and the latents / decode / total timing of one engine batch.
+
+The benchmarks run as `python benchmarks/NAME.py`, which puts this folder first on sys.path: `import common`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from model.engine import Engine, GenerationParams, GenerationRequest
+
+CLIP_S = 10.0
+
+
+def describe_device(device: torch.device | str | None = None) -> str:
+    """The GPU's name, or the CPU with the torch threads that ran the numbers."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{os.cpu_count()}-core {platform.machine()} CPU ({torch.get_num_threads()} torch threads), no GPU"
+
+
+def sync(device: torch.device | str) -> None:
+    """CUDA calls return before the work is done: wait for it before reading the clock."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def feature_request(
+    engine: Engine, seed: int, duration_s: float = CLIP_S, steps: int | None = None, prompt: str | None = None
+) -> GenerationRequest:
+    """A clip with random CLIP features at the model's frame rate (what a real video becomes) instead of a
+    video file, so no decoding or CLIP tower is timed. `steps=None` keeps the model's own."""
+    cfg = engine.cfg
+    frames = torch.randn(
+        round(duration_s * cfg.vision.fps), cfg.vision.feature_dim, generator=torch.Generator().manual_seed(seed)
+    )
+    params = GenerationParams(seed=seed, duration_s=duration_s, steps=steps)
+    return engine.make_request(prompt=prompt, params=params, frames=frames, request_id=f"clip{seed}")
+
+
+def time_engine(engine: Engine, make_request: Callable[[int], GenerationRequest], batch: int, repeats: int) -> dict:
+    """Medians over `repeats` batches (after one warm-up) of `batch` requests `make_request(seed)`: all their
+    latents in one batch, then each decoded to audio."""
+
+    def once(seed: int) -> tuple[float, float]:
+        requests = [make_request(seed + i) for i in range(batch)]
+        sync(engine.device)
+        started = time.perf_counter()
+        latents = engine.generate_latents(requests)
+        sync(engine.device)
+        mid = time.perf_counter()
+        for r in requests:
+            engine.decode(latents[r.request_id], r)  # returns numpy audio: the GPU has finished
+        return mid - started, time.perf_counter() - mid
+
+    once(0)  # warm-up: allocator, kernels, caches
+    runs = [once(100 * (k + 1)) for k in range(repeats)]
+    latent_s = statistics.median(r[0] for r in runs)
+    decode_s = statistics.median(r[1] for r in runs)
+    return {
+        "batch": batch,
+        "latents_s": round(latent_s, 3),
+        "decode_s": round(decode_s, 3),
+        "total_s": round(latent_s + decode_s, 3),
+        "seconds_per_clip": round((latent_s + decode_s) / batch, 3),
+        "clips_per_s": round(batch / (latent_s + decode_s), 3),
+    }

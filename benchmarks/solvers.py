@@ -1,0 +1,83 @@
+"""How close each LocDiT sampler setting lands to the exact ODE solution, per LocDiT evaluation spent.
+
+The shipped model generates a few training-split clips (never the held-out ones: this chooses a setting);
+the first LocDiT call of every patch trajectory is caught with a forward pre-hook, which gives that patch's
+plan, previous patch and noise. Each setting then integrates the same patches, and its relative RMS
+distance to a 64-step midpoint solution is printed against its evaluations per patch (NFE; one evaluation
+is one batched cond + uncond LocDiT call). Whether a setting keeps the music is measured on held-out clips
+by `videorobin quality --steps N` (README "Fewer refinement steps").
+
+    python benchmarks/solvers.py [--checkpoint DIR] [--clips 8] [--seconds 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+
+from model.checkpoint import default_checkpoint, load_bundle
+from model.engine import Engine, GenerationParams
+from model.flow import sample_flow
+
+SETTINGS = [("euler", n) for n in (4, 6, 8, 10, 20)] + [("midpoint", n) for n in (2, 3, 4, 5, 10)]
+
+
+def catch_first_calls(engine: Engine, manifest: str, clips: int, seconds: float) -> dict[str, torch.Tensor]:
+    """Plans, previous patches and noise of every patch the engine refines for `clips` training clips."""
+    rows = [json.loads(line) for line in open(manifest)]
+    rows = rows[:: max(1, len(rows) // clips)][:clips]  # spread over pieces
+    caught: list[tuple[torch.Tensor, ...]] = []
+
+    def first_call(_module, args):
+        mu2, t2, prev2, x2 = args  # (2B, ...): cond rows, then uncond
+        if bool((t2 == 1).all()):  # the trajectory's first evaluation: x is the noise
+            B = mu2.shape[0] // 2
+            caught.append((mu2[:B].clone(), prev2[:B].clone(), x2[:B].clone()))
+
+    hook = engine.bundle.model.locdit.register_forward_pre_hook(first_call)
+    try:
+        requests = [
+            engine.make_request(r["video"], r["caption"], GenerationParams(seed=i, duration_s=seconds))
+            for i, r in enumerate(rows)
+        ]
+        engine.generate_latents(requests)
+    finally:
+        hook.remove()
+    mu, prev, noise = (torch.cat(parts).float() for parts in zip(*caught, strict=True))
+    return {"mu": mu, "prev": prev, "noise": noise}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default=default_checkpoint())
+    parser.add_argument("--manifest", default="data/train.jsonl", help="training-split clips (make-dataset)")
+    parser.add_argument("--clips", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(args.checkpoint)
+    bundle.model.float()
+    engine = Engine(bundle, device="cpu", max_batch=args.clips)
+    patches = catch_first_calls(engine, args.manifest, args.clips, args.seconds)
+    dit, guidance = bundle.model.locdit, bundle.config.flow.guidance
+
+    def solve(solver: str, steps: int) -> torch.Tensor:
+        return sample_flow(dit, patches["mu"], patches["prev"], patches["noise"], steps, guidance, solver)
+
+    exact = solve("midpoint", 64)
+    scale = exact.pow(2).mean().sqrt()
+    summary = {}
+    for solver, steps in SETTINGS:
+        nfe = steps * (2 if solver == "midpoint" else 1)
+        rel_rmse = float((solve(solver, steps) - exact).pow(2).mean().sqrt() / scale)
+        summary[f"{solver}{steps}"] = round(rel_rmse, 4)
+        print(json.dumps({"solver": solver, "steps": steps, "nfe": nfe, "rel_rmse": round(rel_rmse, 4)}), flush=True)
+    print(json.dumps({"patches": patches["mu"].shape[0], "guidance": guidance, "rel_rmse": summary}))
+
+
+if __name__ == "__main__":
+    main()
