@@ -45,15 +45,20 @@ def median_time(fn, device, repeats: int) -> float:
 
 
 def feature_request(
-    engine: Engine, seed: int, duration_s: float = CLIP_S, steps: int | None = None, prompt: str | None = None
+    engine: Engine,
+    seed: int,
+    duration_s: float = CLIP_S,
+    steps: int | None = None,
+    prompt: str | None = None,
+    solver: str | None = None,
 ) -> GenerationRequest:
     """A clip with random CLIP features at the model's frame rate (what a real video becomes) instead of a
-    video file, so no decoding or CLIP tower is timed. `steps=None` keeps the model's own."""
+    video file, so no decoding or CLIP tower is timed. `steps=None`, `solver=None` keep the model's own."""
     cfg = engine.cfg
     frames = torch.randn(
         round(duration_s * cfg.vision.fps), cfg.vision.feature_dim, generator=torch.Generator().manual_seed(seed)
     )
-    params = GenerationParams(seed=seed, duration_s=duration_s, steps=steps)
+    params = GenerationParams(seed=seed, duration_s=duration_s, steps=steps, solver=solver)
     return engine.make_request(prompt=prompt, params=params, frames=frames, request_id=f"clip{seed}")
 
 

@@ -2,7 +2,7 @@
 and batch 8 (a catalogue), medians of --repeats runs after one warm-up. Prints JSON; the last line is the
 summary with the device.
 
-    python benchmarks/default_model.py [--checkpoint DIR] [--repeats 3] [--threads 2]
+    python benchmarks/default_model.py [--checkpoint DIR] [--repeats 3] [--threads 2] [--steps N] [--solver midpoint]
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from model.media import write_beat_video
 PROMPT = "a bright piano piece in D major, 120 BPM"
 
 
-def time_batch(engine: Engine, video: str, batch: int, repeats: int) -> dict:
-    return time_engine(
-        engine, lambda seed: engine.make_request(video, PROMPT, GenerationParams(seed=seed)), batch, repeats
-    )
+def time_batch(engine: Engine, video: str, batch: int, repeats: int, steps=None, solver=None) -> dict:
+    def request(seed: int):
+        return engine.make_request(video, PROMPT, GenerationParams(seed=seed, steps=steps, solver=solver))
+
+    return time_engine(engine, request, batch, repeats)
 
 
 def main() -> None:
@@ -33,6 +34,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=default_checkpoint())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--steps", type=int, help="LocDiT solver steps (default: the model's)")
+    parser.add_argument("--solver", choices=["euler", "midpoint"], help="LocDiT solver (default: the model's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_bundle(args.checkpoint)
@@ -42,7 +45,7 @@ def main() -> None:
         rows = []
         for batch in (1, 8):
             engine = Engine(bundle, device="cuda" if torch.cuda.is_available() else "cpu", max_batch=batch)
-            rows.append(time_batch(engine, video, batch, args.repeats))
+            rows.append(time_batch(engine, video, batch, args.repeats, args.steps, args.solver))
             print(json.dumps(rows[-1]))
     one, eight = rows
     print(
@@ -51,7 +54,8 @@ def main() -> None:
                 "device": describe_device(),
                 "checkpoint": args.checkpoint,
                 "clip_s": CLIP_S,
-                "steps": bundle.config.flow.steps,
+                "steps": args.steps or bundle.config.flow.steps,
+                "solver": args.solver or bundle.config.flow.solver,
                 "batch1_total_s": one["total_s"],
                 "batch1_latents_s": one["latents_s"],
                 "batch1_decode_s": one["decode_s"],

@@ -162,23 +162,20 @@ def sampler(text: str) -> tuple[str, int]:
 
 
 def bench_ours(args, device: torch.device, autocast) -> dict[str, float]:
-    base = load_config(args.preset)
+    bundle = build_bundle(load_config(args.preset))
+    flow = bundle.config.flow
     per_clip = {}
-    for solver, steps in args.samplers or [(base.flow.solver, base.flow.steps)]:
-        # the solver is the model's setting (flow.solver): one bundle per solver, the same random init
-        torch.manual_seed(0)
-        bundle = build_bundle(base.model_copy(update={"flow": base.flow.model_copy(update={"solver": solver})}))
-        about = {"model": "ours", "preset": args.preset, "solver": solver, "steps": steps, "clip_s": args.duration}
-        for batch in args.batches:
-            engine = Engine(bundle, device=device, max_batch=batch, max_duration_s=args.duration)
-            request = partial(feature_request, engine, duration_s=args.duration, steps=steps, prompt=PROMPT)
+    for batch in args.batches:
+        engine = Engine(bundle, device=device, max_batch=batch, max_duration_s=args.duration)
+        for solver, steps in args.samplers or [(flow.solver, flow.steps)]:
+            request = partial(
+                feature_request, engine, duration_s=args.duration, steps=steps, prompt=PROMPT, solver=solver
+            )
             with autocast():
                 row = time_engine(engine, request, batch, args.repeats)
-            emit(about | row)
+            emit({"model": "ours", "preset": args.preset, "solver": solver, "steps": steps} | row)
             per_clip[f"ours_{solver}{steps}_batch{batch}"] = row["seconds_per_clip"]
-            del engine  # free its KV caches before the next one is made
-        del bundle
-        gc.collect()
+        del engine  # free its KV caches before the next one is made
     return per_clip
 
 

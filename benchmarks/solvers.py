@@ -66,7 +66,8 @@ def main() -> None:
     dit, guidance = bundle.model.locdit, bundle.config.flow.guidance
 
     def solve(solver: str, steps: int) -> torch.Tensor:
-        return sample_flow(dit, patches["mu"], patches["prev"], patches["noise"], steps, guidance, solver)
+        midpoint = solver == "midpoint"
+        return sample_flow(dit, patches["mu"], patches["prev"], patches["noise"], steps, guidance, midpoint)
 
     exact = solve("midpoint", 64)
     scale = exact.pow(2).mean().sqrt()

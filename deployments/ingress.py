@@ -215,7 +215,7 @@ class Ingress:
                 raise ApiError("invalid_parameter", f"{field} must be in [{lo}, {hi}] (got {value})")
         if options.duration is not None and not 0 < options.duration <= limits.max_video_s:
             raise ApiError("invalid_parameter", f"duration must be in (0, {limits.max_video_s:g}] s")
-        return GenerationParams(options.seed, options.duration, options.steps, options.guidance)
+        return GenerationParams(options.seed, options.duration, options.steps, options.guidance, options.solver)
 
     async def _prepare(self, inputs: Inputs) -> tuple[GenerationSpec, np.ndarray]:
         """Check the video and the audio prompt against the limits: the spec the engine's replica runs, and

@@ -18,6 +18,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from deployments.config import ServeConfig
 from deployments.errors import ApiError
 from deployments.uris import check_uri, copy_capped, download, too_large
+from model.config import Solver
 
 
 class SoundtrackOptions(BaseModel):
@@ -30,6 +31,7 @@ class SoundtrackOptions(BaseModel):
     duration: float | None = None  # seconds of music; default: the video's length
     steps: int | None = None  # LocDiT solver steps per patch; default: the model's
     guidance: float | None = None  # classifier-free guidance scale; default: the model's
+    solver: Solver | None = None  # LocDiT ODE solver, euler or midpoint (two evaluations a step); default: the model's
     format: Literal["wav", "flac", "mp4"] = "wav"  # mp4 = the input video with the music muxed in
     stream: bool = False  # stream the audio as a WAV while it is generated (format must be wav)
     include_prompt: bool = False  # start the soundtrack with the audio prompt itself

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from jobs.cli_common import (
     CLIError,
-    add_guidance_arg,
     add_model_args,
     add_pool_args,
+    add_sampler_args,
     example,
     job_flags,
     model_checkpoint,
@@ -146,8 +146,7 @@ def add_parsers(sub) -> None:
     q.add_argument("--checkpoint", help="the model (default: the shipped one)")
     q.add_argument("--clips", type=int, help="only the first N held-out clips")
     q.add_argument("--conditions", nargs="+", help="a subset of the conditions (default: all; see the README)")
-    q.add_argument("--steps", type=int, help="LocDiT solver steps per patch (default: the model's)")
-    add_guidance_arg(q)
+    add_sampler_args(q)
     q.add_argument("--address", help="Ray cluster address (default: start a local one)")
     q.add_argument("--generate-batch", type=int, default=8, help="rows per generate batch")
     q.add_argument("--actors", type=int, default=2, help="evaluation actors")

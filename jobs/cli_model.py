@@ -61,7 +61,7 @@ def _generate(args) -> dict:
     fmt = _check_generate_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    params = GenerationParams(seed=args.seed, duration_s=args.duration, steps=args.steps, guidance=args.guidance)
+    params = GenerationParams(args.seed, args.duration, args.steps, args.guidance, args.solver)
     if args.video is not None:
         probe_video(args.video)  # refuse a bad video before spending time on the model
     bundle = load_model(args)

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from jobs.catalogue import read_table
 from jobs.evaluation.music import parse_tempo, tempo_score
 from jobs.ray_session import connect
-from model.config import STATIC_PROMPT
+from model.config import STATIC_PROMPT, Solver
 from model.errors import InputError
 from model.io import read_bytes, temp_sibling, uri_exists, uri_join, write_bytes_atomic
 
@@ -57,6 +57,7 @@ class QualityConfig(BaseModel):
     conditions: list[str] = list(CONDITIONS)
     steps: int | None = Field(default=None, ge=1)  # LocDiT solver steps per patch (default: the model's)
     guidance: float | None = Field(default=None, ge=0)
+    solver: Solver | None = None  # default: the model's
     address: str | None = None
     generate_batch: int = Field(default=8, ge=1)
     actors: int = Field(default=2, ge=1)
@@ -149,7 +150,7 @@ def generate_from_prompts(checkpoint: str, entries: list[dict], out: str, cfg: Q
         requests = [
             engine.make_request(
                 prompt=e["prompt"],
-                params=GenerationParams(e["seed"], float(e["duration"]), cfg.steps, cfg.guidance),
+                params=GenerationParams(e["seed"], float(e["duration"]), cfg.steps, cfg.guidance, cfg.solver),
                 request_id=e["id"],
             )
             for e in chunk
@@ -292,6 +293,7 @@ def run(cfg: QualityConfig) -> dict:
                         checkpoint=checkpoint,
                         steps=cfg.steps,
                         guidance=cfg.guidance,
+                        solver=cfg.solver,
                         generate_batch=cfg.generate_batch,
                         actor_cpus=cfg.actor_cpus,
                     )

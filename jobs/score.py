@@ -38,6 +38,7 @@ from jobs.progress import track
 from jobs.ray_session import connect
 from jobs.score_tasks import error_text, probe, write_outputs
 from model.checkpoint import checkpoint_id, load_bundle, load_vae_from_checkpoint, read_config
+from model.config import Solver
 from model.engine import Engine, GenerationParams
 from model.engine.engine import decode_latents
 from model.io import glob_uris, is_temp_sibling, local_copy, uri_exists, uri_join
@@ -57,6 +58,7 @@ class ScoreConfig(BaseModel):
     address: str | None = None
     steps: int | None = Field(default=None, ge=1)  # default: the model's
     guidance: float | None = Field(default=None, ge=0)
+    solver: Solver | None = None  # default: the model's
     max_duration_s: float = Field(default=7200.0, gt=0)
     skip_failed: bool = False
     rows_per_block: int = Field(default=4, ge=1)  # resume granularity: a block is the unit Ray Data commits
@@ -120,6 +122,7 @@ class GenerateLatents:
         max_batch: int,
         steps: int | None,
         guidance: float | None,
+        solver: str | None,
         max_duration_s: float,
         dataset: str = "",
     ) -> None:
@@ -127,7 +130,7 @@ class GenerateLatents:
         self.engine = Engine(
             load_bundle(checkpoint), device=_device(gpus), max_batch=max_batch, max_duration_s=max_duration_s
         )
-        self.steps, self.guidance = steps, guidance
+        self.steps, self.guidance, self.solver = steps, guidance, solver
 
     def __call__(self, batch: dict) -> dict:
         start = time.perf_counter()
@@ -144,6 +147,7 @@ class GenerateLatents:
                         duration_s=float(batch["duration_s"][i]),
                         steps=self.steps,
                         guidance=self.guidance,
+                        solver=self.solver,
                     )
                     requests[i] = self.engine.make_request(
                         video=path, prompt=batch["prompt"][i], params=params, request_id=str(batch["id"][i])
@@ -278,6 +282,7 @@ def build_pipeline(cfg: ScoreConfig, rows: list[dict], model_id: str) -> ray.dat
         max_batch=cfg.generate_batch,
         steps=cfg.steps,
         guidance=cfg.guidance,
+        solver=cfg.solver,
         max_duration_s=cfg.max_duration_s,
         dataset=cfg.dataset_tag,
     )

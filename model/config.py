@@ -281,6 +281,7 @@ VAEConfig = Annotated[
 
 
 Solver = Literal["euler", "midpoint"]
+SOLVERS: tuple[str, ...] = Solver.__args__
 
 
 class FlowConfig(_Strict):

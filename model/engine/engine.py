@@ -54,8 +54,9 @@ class RefineBatch:
     noise: torch.Tensor  # (B, P, D)
     steps: torch.Tensor  # (B,) solver steps per row
     guidance: torch.Tensor  # (B,) CFG scale per row
+    midpoint: torch.Tensor  # (B,) bool: the row's solver is midpoint (else Euler)
 
-    TENSORS = ("mu", "prev", "noise", "steps", "guidance")
+    TENSORS = ("mu", "prev", "noise", "steps", "guidance", "midpoint")
 
     def to(self, device: torch.device | str) -> RefineBatch:
         return RefineBatch(self.rows, *(getattr(self, k).to(device) for k in self.TENSORS))
@@ -70,7 +71,7 @@ class RefineBatch:
 @torch.no_grad()
 def refine_batch(model: VideoRobin, batch: RefineBatch) -> torch.Tensor:
     """One LocDiT trajectory per row of `batch`: (B, P, D) patches."""
-    return refine_patches(model, batch.mu, batch.prev, batch.noise, batch.steps, batch.guidance)
+    return refine_patches(model, batch.mu, batch.prev, batch.noise, batch.steps, batch.guidance, batch.midpoint)
 
 
 @dataclass
@@ -254,6 +255,7 @@ class Engine:
             noise=noise.to(self.device),
             steps=torch.tensor([s.request.params.steps for s in states], device=self.device),
             guidance=torch.tensor([s.request.params.guidance for s in states], device=self.device),
+            midpoint=torch.tensor([s.request.params.solver == "midpoint" for s in states], device=self.device),
         )
 
     def refine(self, batch: RefineBatch) -> torch.Tensor:

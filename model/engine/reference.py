@@ -45,8 +45,10 @@ def generate_by_recompute(
                 patch = teacher[produced].to(device)
             else:
                 prev = patches[-1][None] if patches else torch.zeros(1, P, D, device=device)
-                noise = patch_noise(request.params.seed, request.first_patch + produced, (P, D))[None].to(device)
-                patch = refine_patches(model, mu, prev, noise, request.params.steps, request.params.guidance)[0]
+                params = request.params
+                noise = patch_noise(params.seed, request.first_patch + produced, (P, D))[None].to(device)
+                midpoint = params.solver == "midpoint"
+                patch = refine_patches(model, mu, prev, noise, params.steps, params.guidance, midpoint)[0]
             patches.append(patch)
             written.append(patch)
             produced += 1

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from model.config import FlowConfig, VideoRobinConfig
+from model.config import SOLVERS, FlowConfig, VideoRobinConfig
 from model.engine.windows import FrameSource
 from model.errors import InputError
 from model.vae import DecodeWindow, StreamingLatents
@@ -21,10 +21,13 @@ class GenerationParams:
     duration_s: float | None = None  # None: the video's duration
     steps: int | None = None  # None: the model's own (flow.steps in its config)
     guidance: float | None = None  # None: the model's own (flow.guidance)
+    solver: str | None = None  # "euler" or "midpoint"; None: the model's own (flow.solver)
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.steps < 1:
             raise InputError(f"steps must be at least 1 (got {self.steps})")
+        if self.solver not in (None, *SOLVERS):
+            raise InputError(f"solver must be one of {', '.join(SOLVERS)} (got {self.solver!r})")
         if self.guidance is not None and self.guidance < 0:
             raise InputError(f"guidance (cfg) must be >= 0 (got {self.guidance})")
         if self.duration_s is not None and not self.duration_s > 0:
@@ -36,7 +39,8 @@ class GenerationParams:
         """These parameters with the model's sampler settings where the caller left them open."""
         steps = flow.steps if self.steps is None else self.steps
         guidance = flow.guidance if self.guidance is None else self.guidance
-        return replace(self, steps=steps, guidance=guidance)
+        solver = flow.solver if self.solver is None else self.solver
+        return replace(self, steps=steps, guidance=guidance, solver=solver)
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,7 @@ class GenerationRequest:
     frames: FrameSource | None  # the video's CLIP features, read window by window; None: no video
     duration_s: float  # seconds of new music
     n_patches: int  # new patches
-    params: GenerationParams  # resolved: steps and guidance are set
+    params: GenerationParams  # resolved: steps, guidance and solver are set
     # Audio prompt (continuation, `--from`): its last patches (A, P, D), standardised; they open the first
     # window and are never written again. The new music starts at timeline patch `first_patch`.
     context: torch.Tensor | None = None

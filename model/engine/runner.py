@@ -23,10 +23,11 @@ def patch_noise(seed: int, index: int, shape: tuple[int, int]) -> torch.Tensor:
 
 
 def refine_patches(
-    model: VideoRobin, mu: torch.Tensor, prev: torch.Tensor, noise: torch.Tensor, steps, guidance
+    model: VideoRobin, mu: torch.Tensor, prev: torch.Tensor, noise: torch.Tensor, steps, guidance, midpoint=False
 ) -> torch.Tensor:
-    """One LocDiT trajectory per row: (B, Hd) plans, (B, P, D) previous patches and noise -> (B, P, D) patches."""
-    return sample_flow(model.locdit, mu, prev, noise, steps, guidance, model.cfg.flow.solver)
+    """One LocDiT trajectory per row: (B, Hd) plans, (B, P, D) previous patches and noise -> (B, P, D) patches;
+    `midpoint` (bool or (B,) bool): the rows that take midpoint steps, the others Euler."""
+    return sample_flow(model.locdit, mu, prev, noise, steps, guidance, midpoint)
 
 
 class Runner:

@@ -171,13 +171,14 @@ def test_streamed_audio_starts_before_generation_ends_and_equals_the_file(server
 
 
 def test_the_same_seed_gives_the_engines_audio_in_both_modes(server, media):
+    """Also the request's sampler: midpoint steps asked per request run as the engine runs them."""
     root, videos, _ = media
-    fields = {"prompt": "lo-fi piano, 90 BPM, A minor", "seed": 11, "steps": 8}
+    fields = {"prompt": "lo-fi piano, 90 BPM, A minor", "seed": 11, "steps": 4, "solver": "midpoint"}
     served, _ = _wav(_post(server, videos / "short.mp4", **fields).content)
     fused = _post(server, videos / "short.mp4", route="/fused/v1/soundtracks", **fields)
     assert fused.status_code == 200
     engine = Engine(load_bundle(str(root / "ckpt")), max_batch=1)
-    params = GenerationParams(seed=11, steps=8)
+    params = GenerationParams(seed=11, steps=4, solver="midpoint")
     (result,) = engine.generate([engine.make_request(str(videos / "short.mp4"), fields["prompt"], params)])
     expected = np.clip(result.audio, -1, 1)
     assert served.shape == expected.shape
@@ -292,6 +293,7 @@ BAD_FIELDS = [
     ({"steps": 1000}, 422, "invalid_parameter"),
     ({"guidance": -1}, 422, "invalid_parameter"),
     ({"guidance": 99}, 422, "invalid_parameter"),
+    ({"solver": "rk4"}, 422, "invalid_parameter"),
     ({"format": "ogg"}, 422, "invalid_parameter"),
     ({"duration": 0}, 422, "invalid_parameter"),
     ({"prompt": "x" * 400}, 422, "prompt_too_long"),

@@ -7,15 +7,20 @@ from model.engine.windows import window_frames
 
 
 def _requests(engine, feature_dim):
-    spec = [("lo-fi piano, 90 BPM", 3, 0.5, 11), ("", 8, 1.3, 12), ("strings build at the end", 5, 0.9, 13)]
+    """Three requests of different lengths; the second takes midpoint steps, the others the model's Euler."""
+    spec = [
+        ("lo-fi piano, 90 BPM", 3, 0.5, 11, None),
+        ("", 8, 1.3, 12, "midpoint"),
+        ("strings build at the end", 5, 0.9, 13, None),
+    ]
     return [
         engine.make_request(
             prompt=p,
             frames=torch.randn(f, feature_dim, generator=torch.Generator().manual_seed(s)),
-            params=GenerationParams(seed=s, duration_s=d),
+            params=GenerationParams(seed=s, duration_s=d, solver=solver),
             request_id=f"r{i}",
         )
-        for i, (p, f, d, s) in enumerate(spec)
+        for i, (p, f, d, s, solver) in enumerate(spec)
     ]
 
 
@@ -152,6 +157,7 @@ def test_generate_returns_stereo_48k_trimmed_to_duration(tiny_bundle, videos):
     [
         (dict(steps=0), "steps"),
         (dict(guidance=-1.0), "guidance"),
+        (dict(solver="rk4"), "solver must be one of euler, midpoint"),
         (dict(duration_s=0.0), "duration"),
     ],
 )

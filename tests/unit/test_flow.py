@@ -24,8 +24,8 @@ def _guided(dit, mu, prev, x, t, w):
     return v_u + w * (v_c - v_u)
 
 
-@pytest.mark.parametrize("solver", ["euler", "midpoint"])
-def test_guided_sampler_equals_cond_and_uncond_run_separately(solver):
+@pytest.mark.parametrize("midpoint", [False, True])
+def test_guided_sampler_equals_cond_and_uncond_run_separately(midpoint):
     dit = _dit()
     mu, prev, noise = torch.randn(3, 32), torch.randn(3, 4, 4), torch.randn(3, 4, 4)
     w, steps = 2.0, 5
@@ -33,31 +33,37 @@ def test_guided_sampler_equals_cond_and_uncond_run_separately(solver):
     for i in range(steps):
         t = torch.full((3,), 1 - i / steps)
         v = _guided(dit, mu, prev, x, t, w)
-        if solver == "midpoint":
+        if midpoint:
             v = _guided(dit, mu, prev, x - v / (2 * steps), t - 1 / (2 * steps), w)
         x = x - v / steps
-    assert torch.allclose(sample_flow(dit, mu, prev, noise, steps, w, solver), x, atol=1e-5)
+    assert torch.allclose(sample_flow(dit, mu, prev, noise, steps, w, midpoint), x, atol=1e-5)
 
 
-@pytest.mark.parametrize("solver", ["euler", "midpoint"])
-def test_rows_with_different_steps_equal_their_solo_runs(solver):
+def test_rows_with_different_steps_guidance_and_solvers_equal_their_solo_runs():
     dit = _dit()
-    mu, prev, noise = torch.randn(2, 32), torch.randn(2, 4, 4), torch.randn(2, 4, 4)
-    mixed = sample_flow(dit, mu, prev, noise, torch.tensor([3, 7]), torch.tensor([1.5, 0.0]), solver)
-    solo0 = sample_flow(dit, mu[:1], prev[:1], noise[:1], 3, 1.5, solver)
-    solo1 = sample_flow(dit, mu[1:], prev[1:], noise[1:], 7, 0.0, solver)
-    assert torch.allclose(mixed, torch.cat([solo0, solo1]), atol=1e-5)
+    mu, prev, noise = torch.randn(3, 32), torch.randn(3, 4, 4), torch.randn(3, 4, 4)
+    steps, guidance, midpoint = (
+        torch.tensor([3, 7, 4]),
+        torch.tensor([1.5, 0.0, 2.0]),
+        torch.tensor([False, True, True]),
+    )
+    mixed = sample_flow(dit, mu, prev, noise, steps, guidance, midpoint)
+    solo = [
+        sample_flow(dit, mu[i : i + 1], prev[i : i + 1], noise[i : i + 1], steps[i], guidance[i], midpoint[i])
+        for i in range(3)
+    ]
+    assert torch.allclose(mixed, torch.cat(solo), atol=1e-5)
 
 
 def test_midpoint_with_fewer_evaluations_lands_closer_to_the_exact_solution_than_euler():
     dit = _dit()
     mu, prev, noise = torch.randn(16, 32), torch.randn(16, 4, 4), torch.randn(16, 4, 4)
-    exact = sample_flow(dit, mu, prev, noise, 256, 2.0, "midpoint")
+    exact = sample_flow(dit, mu, prev, noise, 256, 2.0, midpoint=True)
 
-    def error(steps, solver):
-        return (sample_flow(dit, mu, prev, noise, steps, 2.0, solver) - exact).norm() / exact.norm()
+    def error(steps, midpoint):
+        return (sample_flow(dit, mu, prev, noise, steps, 2.0, midpoint) - exact).norm() / exact.norm()
 
-    assert error(4, "midpoint") < error(10, "euler") / 2  # 8 evaluations against 10
+    assert error(4, midpoint=True) < error(10, midpoint=False) / 2  # 8 evaluations against 10
 
 
 def test_flow_loss_drops_mu_but_never_the_prefix():
