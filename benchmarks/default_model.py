@@ -16,6 +16,7 @@ import torch
 from common import CLIP_S, describe_device, time_engine
 
 from model.checkpoint import default_checkpoint, load_bundle
+from model.config import SOLVERS
 from model.engine import Engine, GenerationParams
 from model.media import write_beat_video
 
@@ -35,7 +36,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--steps", type=int, help="LocDiT solver steps (default: the model's)")
-    parser.add_argument("--solver", choices=["euler", "midpoint"], help="LocDiT solver (default: the model's)")
+    parser.add_argument("--solver", choices=SOLVERS, help="LocDiT solver (default: the model's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_bundle(args.checkpoint)

@@ -38,7 +38,7 @@ from transformers import (
 )
 
 from model.build import build_bundle
-from model.config import load_config
+from model.config import SOLVERS, load_config
 from model.engine import Engine
 
 PROMPT = "a bright piano piece in D major, 120 BPM"
@@ -156,8 +156,8 @@ def time_musicgen(model, batch: int, tokens: int, repeats: int) -> dict:
 def sampler(text: str) -> tuple[str, int]:
     """SOLVER:STEPS (e.g. euler:20, midpoint:4), one of our LocDiT sampler settings."""
     solver, _, steps = text.partition(":")
-    if solver not in ("euler", "midpoint") or not steps.isdigit() or int(steps) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected SOLVER:STEPS with SOLVER euler or midpoint")
+    if solver not in SOLVERS or not steps.isdigit() or int(steps) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SOLVER:STEPS with SOLVER one of {', '.join(SOLVERS)}")
     return solver, int(steps)
 
 

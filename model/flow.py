@@ -71,8 +71,9 @@ def sample_flow(
     w = torch.as_tensor(guidance, device=mu.device, dtype=noise.dtype).expand(B)[:, None, None]
     mu2 = torch.cat([mu, torch.zeros_like(mu)])
     prev2 = torch.cat([prev, prev])
-    midpoint = torch.as_tensor(midpoint, device=mu.device).expand(B)
+    midpoint = torch.as_tensor(midpoint, device=mu.device).expand(B)[:, None, None]  # (B, 1, 1)
     any_midpoint = bool(midpoint.any())  # read once, like the step count: no host sync inside the loop
+    n = steps.clamp(min=1).to(noise.dtype)  # (B,) each row's step count, for its own time grid
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # guided velocity at each row's time t (B,)
         v_c, v_u = dit(mu2, torch.cat([t, t]), prev2, torch.cat([x, x])).chunk(2)
@@ -81,11 +82,10 @@ def sample_flow(
     x = noise
     for i in range(int(steps.max())):
         active = (i < steps).to(x.dtype)  # (B,)
-        t = 1.0 - i / steps.clamp(min=1).to(x.dtype)  # each row's own grid
-        dt = active / steps.to(x.dtype)
+        t = 1.0 - i / n
+        dt = active / n
         v = velocity(x, t)
         if any_midpoint:
-            v_mid = velocity(x - (dt / 2)[:, None, None] * v, t - dt / 2)
-            v = torch.where(midpoint[:, None, None], v_mid, v)
+            v = torch.where(midpoint, velocity(x - (dt / 2)[:, None, None] * v, t - dt / 2), v)
         x = x - dt[:, None, None] * v
     return x
