@@ -62,12 +62,19 @@ def feature_request(
     return engine.make_request(prompt=prompt, params=params, frames=frames, request_id=f"clip{seed}")
 
 
-def time_engine(engine: Engine, make_request: Callable[[int], GenerationRequest], batch: int, repeats: int) -> dict:
+def time_engine(
+    engine: Engine,
+    make_request: Callable[[int], GenerationRequest],
+    batch: int,
+    repeats: int,
+    warmup_request: Callable[[int], GenerationRequest] | None = None,
+) -> dict:
     """Medians over `repeats` batches (after one warm-up) of `batch` requests `make_request(seed)`: all their
-    latents in one batch, then each decoded to audio."""
+    latents in one batch, then each decoded to audio. The warm-up batch is made by `warmup_request`, by
+    default `make_request` (a shorter clip warms the allocator and thread pools as well, in less time)."""
 
-    def once(seed: int) -> tuple[float, float]:
-        requests = [make_request(seed + i) for i in range(batch)]
+    def once(seed: int, make=make_request) -> tuple[float, float]:
+        requests = [make(seed + i) for i in range(batch)]
         sync(engine.device)
         started = time.perf_counter()
         latents = engine.generate_latents(requests)
@@ -77,7 +84,7 @@ def time_engine(engine: Engine, make_request: Callable[[int], GenerationRequest]
             engine.decode(latents[r.request_id], r)  # returns numpy audio: the GPU has finished
         return mid - started, time.perf_counter() - mid
 
-    once(0)  # warm-up: allocator, kernels, caches
+    once(0, warmup_request or make_request)  # warm-up: allocator, kernels, caches
     runs = [once(100 * (k + 1)) for k in range(repeats)]
     latent_s = statistics.median(r[0] for r in runs)
     decode_s = statistics.median(r[1] for r in runs)

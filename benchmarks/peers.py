@@ -8,9 +8,10 @@ through the T5-base encoder, 500 sampled tokens (50 Hz x 10 s) with classifier-f
 250 as in its released generation config, then the EnCodec 32 kHz decode. Both at each --batches size.
 Dtype: one policy for both. By default fp32, with TF32 matmuls on CUDA; --dtype bf16 runs both under
 torch.autocast(bfloat16), which the engine does not take yet (its KV caches are fp32 and refuse bf16 keys),
-so for now it serves `--only small medium`. One warm-up per configuration, then medians of
---repeats runs. One JSON line per measurement; the last line is the summary, with
-vs_musicgen_small = musicgen_small_s / ours_s (and medium) per steps and batch: above 1, ours is faster.
+so for now it serves `--only small medium`. One warm-up per configuration (a clip --warmup times as long as a
+timed one: 0.1 spares a CPU run half its time), then medians of --repeats runs. One JSON line per
+measurement; the last line is the summary, with vs_musicgen_small = musicgen_small_s / ours_s (and medium)
+per steps and batch: above 1, ours is faster.
 
     python benchmarks/peers.py [--samplers euler:20 midpoint:4] [--batches 1 8] [--repeats N] [--only ours small medium]
     python benchmarks/peers.py --quick   # smoke test: shallow stand-ins, a short clip, few tokens
@@ -104,9 +105,9 @@ def build_musicgen(size: str, device: torch.device, layers: int | None) -> Music
         return MusicgenForConditionalGeneration(musicgen_config(size, layers)).eval()
 
 
-def time_musicgen(model, batch: int, tokens: int, repeats: int) -> dict:
-    """Medians over `repeats` (after one warm-up) of `batch` clips: sampling `tokens` steps, then the
-    EnCodec decode that generate() runs at its end."""
+def time_musicgen(model, batch: int, tokens: int, repeats: int, warmup_tokens: int) -> dict:
+    """Medians over `repeats` (after one warm-up of `warmup_tokens`) of `batch` clips: sampling `tokens` steps,
+    then the EnCodec decode that generate() runs at its end."""
     device = model.device
     ids = torch.randint(1, model.config.text_encoder.vocab_size, (batch, PROMPT_TOKENS), device=device)
     mask = torch.ones_like(ids)
@@ -117,7 +118,7 @@ def time_musicgen(model, batch: int, tokens: int, repeats: int) -> dict:
         marks.append(time.perf_counter())
         return decode(*args, **kwargs)
 
-    def once(seed: int) -> tuple[float, float, int]:
+    def once(seed: int, tokens: int = tokens) -> tuple[float, float, int]:
         torch.manual_seed(seed)
         sync(device)
         started = time.perf_counter()
@@ -135,7 +136,7 @@ def time_musicgen(model, batch: int, tokens: int, repeats: int) -> dict:
 
     model.audio_encoder.decode = timed_decode
     try:
-        once(0)  # warm-up
+        once(0, warmup_tokens)
         runs = [once(k + 1) for k in range(repeats)]
     finally:
         del model.audio_encoder.decode  # the class's method again
@@ -168,11 +169,15 @@ def bench_ours(args, device: torch.device, autocast) -> dict[str, float]:
     for batch in args.batches:
         engine = Engine(bundle, device=device, max_batch=batch, max_duration_s=args.duration)
         for solver, steps in args.samplers or [(flow.solver, flow.steps)]:
-            request = partial(
-                feature_request, engine, duration_s=args.duration, steps=steps, prompt=PROMPT, solver=solver
-            )
+            request = partial(feature_request, engine, steps=steps, prompt=PROMPT, solver=solver)
             with autocast():
-                row = time_engine(engine, request, batch, args.repeats)
+                row = time_engine(
+                    engine,
+                    partial(request, duration_s=args.duration),
+                    batch,
+                    args.repeats,
+                    partial(request, duration_s=args.duration * args.warmup),
+                )
             emit({"model": "ours", "preset": args.preset, "solver": solver, "steps": steps} | row)
             per_clip[f"ours_{solver}{steps}_batch{batch}"] = row["seconds_per_clip"]
         del engine  # free its KV caches before the next one is made
@@ -185,7 +190,7 @@ def bench_musicgen(size: str, args, device: torch.device, autocast) -> dict[str,
     per_clip = {}
     for batch in args.batches:
         with autocast():
-            row = time_musicgen(model, batch, args.tokens, args.repeats)
+            row = time_musicgen(model, batch, args.tokens, args.repeats, max(1, round(args.tokens * args.warmup)))
         emit({"model": f"musicgen_{size}", "params_m": round(params / 1e6, 1)} | row)
         per_clip[f"musicgen_{size}_batch{batch}"] = row["seconds_per_clip"]
     del model  # medium is 6 GB in fp32: free it before the next
@@ -230,6 +235,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of audio per clip (ours)")
     p.add_argument("--tokens", type=int, default=500, help="MusicGen tokens per clip (50 per second)")
     p.add_argument("--musicgen-layers", type=int, help="shallow MusicGen stand-ins (T5 and decoder): smoke tests")
+    p.add_argument("--warmup", type=float, default=1.0,
+                   help="warm-up clip length, a share of a timed one, both sides (e.g. 0.1 on a CPU)")  # fmt: skip
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="fp32 (TF32 on CUDA) or bf16 autocast")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, both sides")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -262,6 +269,7 @@ def main() -> None:
         "dtype": dtype,
         "threads": args.threads,
         "repeats": args.repeats,
+        "warmup": args.warmup,
         "preset": args.preset,
         "clip_s": args.duration,
         "musicgen_tokens": args.tokens,

@@ -18,7 +18,7 @@ Commands:
     train-tokenizer   a BPE prompt tokenizer
     train-vae         the compact spectral VAE (Ray Train)
     prepare           training manifest -> Parquet shards of latents and features
-    train             Ray Train + DeepSpeed, stage t2m or v2m
+    train             Ray Train + DeepSpeed, stage t2m, v2m or distill (a few-step LocDiT)
     pipeline          the whole recipe: data -> VAE -> t2m -> v2m -> quality -> publish
 
 Global flags, before or after the command: `--log-level` (videorobin's own loggers: DEBUG, INFO, WARNING,

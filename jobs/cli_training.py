@@ -12,6 +12,7 @@ from jobs.cli_common import (
     training_failed,
 )
 from jobs.cli_config import add_config_arg
+from model.config import SOLVERS
 
 
 def _make_dataset(args) -> dict:
@@ -177,13 +178,22 @@ def add_parsers(sub) -> None:
 
     train = sub.add_parser(
         "train",
-        help="Ray Train + DeepSpeed over prepared shards (stage t2m or v2m)",
-        epilog=example("videorobin train --stage t2m --data prepared/ --storage runs/ --steps 1000 --export t2m/"),
+        help="Ray Train + DeepSpeed over prepared shards (stage t2m, v2m or distill)",
+        epilog=example(
+            "videorobin train --stage t2m --data prepared/ --storage runs/ --steps 1000 --export t2m/",
+            "videorobin train --stage distill --init-from t2m/ --data prepared/ --storage runs/ --steps 200 "
+            "--export fast/",
+        ),
     )
-    train.add_argument("--stage", required=True, choices=["t2m", "v2m"], help="t2m: text only; v2m: adds video")
+    train.add_argument(
+        "--stage",
+        required=True,
+        choices=["t2m", "v2m", "distill"],
+        help="t2m: text only; v2m: adds video; distill: a few-step LocDiT for --init-from's model",
+    )
     train.add_argument("--data", required=True, help="a `videorobin prepare` output directory or URI")
     train.add_argument("--export", help="write the trained model here in the checkpoint format")
-    train.add_argument("--init-from", help="start from this checkpoint (v2m: the stage-1 export)")
+    train.add_argument("--init-from", help="start from this checkpoint (v2m: the stage-1 export; distill: the teacher)")
     add_run_args(train, None)
     train.add_argument("--deepspeed", help="DeepSpeed JSON (default: ZeRO-2, jobs/deepspeed/zero2.json)")
     train.add_argument("--zero-stage", type=int, choices=[1, 2, 3], help="override the JSON's ZeRO stage")
@@ -197,6 +207,19 @@ def add_parsers(sub) -> None:
     train.add_argument("--shuffle-buffer", type=int, default=64, help="rows in each worker's shuffle buffer")
     train.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept in the run directory")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model config override")
+    distill = train.add_argument_group("stage distill")
+    distill.add_argument("--student-steps", type=int, default=4, help="Euler steps the student learns to take")
+    distill.add_argument("--teacher-steps", type=int, default=8, help="the teacher's steps per patch")
+    distill.add_argument("--teacher-solver", choices=SOLVERS, default="midpoint", help="the teacher's solver")
+    distill.add_argument("--distill-patches", type=int, default=64, help="patches per worker per micro-step")
+    distill.add_argument(
+        "--distill-guidance",
+        type=float,
+        nargs=2,
+        default=(1.0, 4.0),
+        metavar=("LOW", "HIGH"),
+        help="each patch's guidance weight is drawn from this range",
+    )
     add_config_arg(train, extras=("read_cpus",))
     train.set_defaults(run=_train)
 

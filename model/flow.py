@@ -43,8 +43,7 @@ def flow_loss(
     return (per_patch * weight).sum() / weight.sum().clamp(min=1)
 
 
-@torch.no_grad()
-def sample_flow(
+def integrate_flow(
     dit: LocDiT,
     mu: torch.Tensor,
     prev: torch.Tensor,
@@ -59,6 +58,9 @@ def sample_flow(
     for different step counts, guidance and solver: a row with fewer steps finishes early and stops moving.
     Euler evaluates once per step, midpoint twice (second order: 3-4 midpoint steps land as close to the
     exact solution as 20 Euler steps, README "Fast generation").
+
+    Gradients flow through it: distillation (model/distill.py) trains a few-step LocDiT through the very
+    steps the engine takes. Generation calls `sample_flow`, the same without gradients.
 
     Args:
         mu: (B, H); prev, noise: (B, P, D); steps: int or (B,) long; guidance: float or (B,);
@@ -89,3 +91,6 @@ def sample_flow(
             v = torch.where(midpoint, velocity(x - (dt / 2)[:, None, None] * v, t - dt / 2), v)
         x = x - dt[:, None, None] * v
     return x
+
+
+sample_flow = torch.no_grad()(integrate_flow)

@@ -25,6 +25,7 @@ from torch import nn
 from model.backbone import Transformer
 from model.cache import KVCache, Rows
 from model.config import VideoRobinConfig
+from model.distill import Distillation
 from model.flow import flow_loss
 from model.fsq import FSQ
 from model.locdit import LocDiT
@@ -167,11 +168,17 @@ class VideoRobin(nn.Module):
         plan_pos = plan_pos.clamp(max=x.shape[1] - 1)  # padded patches read any slot; the loss masks them
         return self._mu(_at(q, plan_pos), _at(r, plan_pos) if r is not None else None)
 
-    def forward(self, cond: Conditions, patches: torch.Tensor, n_patches: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Training losses for a batch of clips (see `plan_sequence` for shapes)."""
+    def forward(
+        self, cond: Conditions, patches: torch.Tensor, n_patches: torch.Tensor, distill: Distillation | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Training losses for a batch of clips (see `plan_sequence` for shapes): flow matching, or with
+        `distill` the few-step student's distance to its teacher (model/distill.py)."""
         mu = self.plan_sequence(cond, patches, n_patches)  # (B, N, Hd)
         prev = torch.cat([torch.zeros_like(patches[:, :1]), patches[:, :-1]], dim=1)  # zeros before patch 1
         valid = torch.arange(patches.shape[1], device=patches.device) < n_patches[:, None]  # (B, N)
+        if distill is not None:
+            loss = distill.loss(self.locdit, mu[valid], prev[valid])
+            return {"loss": loss, "distill": loss.detach()}
         weight = torch.ones(int(valid.sum()), device=patches.device)
         loss = flow_loss(self.locdit, mu[valid], prev[valid], patches[valid], weight, self.cfg.flow)
         return {"loss": loss, "flow": loss.detach()}

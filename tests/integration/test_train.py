@@ -1,7 +1,8 @@
 """`videorobin train` on the session's Ray cluster: 2 CPU workers (gloo), DeepSpeed ZeRO-2, real prepared data.
 
 make-dataset -> prepare (with a corrupt audio row) -> train t2m -> train v2m from its export -> generate,
-plus loss going down, resume after a killed driver, and recovery from a killed worker.
+distill a few-step LocDiT from the t2m export -> generate, plus loss going down, resume after a killed driver,
+and recovery from a killed worker.
 """
 
 import json
@@ -14,8 +15,10 @@ import urllib.request
 
 import pytest
 import soundfile as sf
+import torch
 
 from jobs.train_runs import latest_train_state
+from model.weights import read_safetensors
 from tests.media_files import dataset_with_corrupt_row, write_jsonl
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -139,6 +142,34 @@ def test_stage1_learns_then_stage2_exports_a_checkpoint_that_generate_loads(prep
     )
     assert gen.returncode == 0, gen.stderr[-3000:]
     audio, rate = sf.read(root / "out.wav")
+    assert rate == 48000 and audio.shape == (2 * 48000, 2)
+
+
+def test_distill_trains_only_locdit_and_exports_a_few_step_model_that_generate_loads(prepared, stage1, ray_address):
+    root, teacher, student = prepared, prepared / "t2m_export", prepared / "distilled"
+    distill = _cli(
+        *_train_args(root / "prepared", root / "runs", ray_address, "distill", 4, "--stage", "distill"),
+        *("--init-from", str(teacher), "--student-steps", "2", "--teacher-steps", "4", "--distill-patches", "16"),
+        *("--lr", "1e-3", "--export", str(student)),
+    )
+    assert distill.returncode == 0, distill.stderr[-4000:]
+    assert "train distill: 4 steps" in distill.stdout
+    config = json.loads((student / "config.json").read_text())
+    assert config["flow"]["steps"] == 2 and config["flow"]["solver"] == "euler"  # requests default to few steps
+    provenance = json.loads((student / "training.json").read_text())
+    assert provenance["stage"] == "distill" and provenance["distill"]["teacher_steps"] == 4
+    before, after = (read_safetensors(str(d / "model.safetensors")) for d in (teacher, student))
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k].float(), after[k].float())}
+    assert changed and all(k.startswith("locdit.") for k in changed)  # the AR-Head is the teacher's, bit for bit
+    assert (student / "latent_stats.json").read_text() == (teacher / "latent_stats.json").read_text()
+
+    gen = _cli(
+        *("generate", "--checkpoint", str(student), "--prompt", "a calm piano piece", "--duration", "2"),
+        *("--out", str(root / "fast.wav")),
+    )
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    audio, rate = sf.read(root / "fast.wav")
     assert rate == 48000 and audio.shape == (2 * 48000, 2)
 
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from jobs.train import TrainConfig, deepspeed_config, resolve_model
+from jobs.train import TrainConfig, resolve_model
+from jobs.train_config import deepspeed_config
 from model.build import build_bundle
-from model.checkpoint import save_encoders
+from model.checkpoint import read_config, save_bundle, save_encoders
 from model.config import load_config
 from model.text import ByteTokenizer
 from model.training import STAGE2_NEW, collate, crop_window, load_weights, mask_inputs
@@ -143,6 +144,26 @@ def test_model_resolution_follows_the_stage_and_checks_the_data(tmp_path):
         resolve_model(_cfg(tmp_path, set=["vae.chunk_latents=64"]))
     assert resolve_model(_cfg(tmp_path, set=["flow.cfg_dropout=0.2"])).flow.cfg_dropout == 0.2
 
+    # distill: the teacher's config, whose default becomes the student's few Euler steps
+    with pytest.raises(ValueError, match="distill needs --init-from"):
+        resolve_model(_cfg(tmp_path).model_copy(update={"stage": "distill"}))
+    teacher = tmp_path / "teacher"
+    save_bundle(build_bundle(load_config("tiny", ["flow.solver=midpoint"])), str(teacher))
+    student = resolve_model(
+        _cfg(tmp_path, init_from=str(teacher), student_steps=3).model_copy(update={"stage": "distill"})
+    )
+    assert (student.flow.steps, student.flow.solver) == (3, "euler")
+    assert student.model_copy(update={"flow": None}) == read_config(str(teacher)).model_copy(update={"flow": None})
+    other = tmp_path / "other_vision"
+    save_encoders(str(other), load_config("tiny", ["vision.fps=2"]), bundle.vae, bundle.model.clip, ByteTokenizer())
+    (other / "latent_stats.json").write_text((data / "latent_stats.json").read_text())
+    with pytest.raises(ValueError, match="vision settings"):
+        resolve_model(
+            _cfg(tmp_path, init_from=str(teacher)).model_copy(update={"stage": "distill", "data": str(other)})
+        )
+    with pytest.raises(ValueError, match="distill_guidance"):
+        _cfg(tmp_path, distill_guidance=(3.0, 1.0))
+
 
 BF16_STEPS = """
 import importlib, os, sys, tempfile
@@ -151,7 +172,7 @@ os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0
 importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
 import deepspeed
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-from jobs.train import TrainConfig, deepspeed_config
+from jobs.train_config import TrainConfig, deepspeed_config
 from model.config import load_config
 from model.training import collate, load_weights
 from model.videorobin import VideoRobin
