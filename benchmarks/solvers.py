@@ -7,7 +7,11 @@ distance to a 64-step midpoint solution is printed against its evaluations per p
 is one batched cond + uncond LocDiT call). Whether a setting keeps the music is measured on held-out clips
 by `videorobin quality --steps N` (README "Fewer refinement steps").
 
-    python benchmarks/solvers.py [--checkpoint DIR] [--clips 8] [--seconds 4]
+With --student DIR (a `train --stage distill` export of --checkpoint), the student's LocDiT integrates the
+same patches at a few Euler steps and is measured against the same exact solution of its teacher; give it
+held-out clips (--manifest data/heldout.jsonl) to see how the distillation carries to clips it never saw.
+
+    python benchmarks/solvers.py [--checkpoint DIR] [--student DIR] [--manifest FILE] [--clips 8] [--seconds 4]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from model.engine import Engine, GenerationParams
 from model.flow import sample_flow
 
 SETTINGS = [("euler", n) for n in (4, 6, 8, 10, 20)] + [("midpoint", n) for n in (2, 3, 4, 5, 10)]
+STUDENT_STEPS = (1, 2, 3, 4, 6)  # Euler
 
 
 def catch_first_calls(engine: Engine, manifest: str, clips: int, seconds: float) -> dict[str, torch.Tensor]:
@@ -53,6 +58,7 @@ def catch_first_calls(engine: Engine, manifest: str, clips: int, seconds: float)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=default_checkpoint())
+    parser.add_argument("--student", help="a distilled export of --checkpoint: its LocDiT is measured too")
     parser.add_argument("--manifest", default="data/train.jsonl", help="training-split clips (make-dataset)")
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=4.0)
@@ -65,18 +71,23 @@ def main() -> None:
     patches = catch_first_calls(engine, args.manifest, args.clips, args.seconds)
     dit, guidance = bundle.model.locdit, bundle.config.flow.guidance
 
-    def solve(solver: str, steps: int) -> torch.Tensor:
+    def solve(solver: str, steps: int, locdit=dit) -> torch.Tensor:
         midpoint = solver == "midpoint"
-        return sample_flow(dit, patches["mu"], patches["prev"], patches["noise"], steps, guidance, midpoint)
+        return sample_flow(locdit, patches["mu"], patches["prev"], patches["noise"], steps, guidance, midpoint)
 
     exact = solve("midpoint", 64)
     scale = exact.pow(2).mean().sqrt()
+    runs = [("teacher" if args.student else "model", dit, solver, steps) for solver, steps in SETTINGS]
+    if args.student:
+        student = load_bundle(args.student).model.float().locdit
+        runs += [("student", student, "euler", steps) for steps in STUDENT_STEPS]
     summary = {}
-    for solver, steps in SETTINGS:
+    for name, locdit, solver, steps in runs:
         nfe = steps * (2 if solver == "midpoint" else 1)
-        rel_rmse = float((solve(solver, steps) - exact).pow(2).mean().sqrt() / scale)
-        summary[f"{solver}{steps}"] = round(rel_rmse, 4)
-        print(json.dumps({"solver": solver, "steps": steps, "nfe": nfe, "rel_rmse": round(rel_rmse, 4)}), flush=True)
+        rel_rmse = round(float((solve(solver, steps, locdit) - exact).pow(2).mean().sqrt() / scale), 4)
+        summary[f"{name}_{solver}{steps}" if args.student else f"{solver}{steps}"] = rel_rmse
+        row = {"model": name, "solver": solver, "steps": steps, "nfe": nfe, "rel_rmse": rel_rmse}
+        print(json.dumps(row), flush=True)
     print(json.dumps({"patches": patches["mu"].shape[0], "guidance": guidance, "rel_rmse": summary}))
 
 

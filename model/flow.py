@@ -69,12 +69,15 @@ def integrate_flow(
         (B, P, D) clean patches.
     """
     B = mu.shape[0]
-    steps = torch.as_tensor(steps, device=mu.device).expand(B)
+    steps, midpoint = torch.as_tensor(steps), torch.as_tensor(midpoint)
+    # The loop's bounds, read before the tensors move: free for host tensors (the engine's), and never
+    # inside the loop, so a step queues its device work without waiting.
+    max_steps, any_midpoint = int(steps.max()), bool(midpoint.any())
+    steps = steps.to(mu.device).expand(B)
     w = torch.as_tensor(guidance, device=mu.device, dtype=noise.dtype).expand(B)[:, None, None]
     mu2 = torch.cat([mu, torch.zeros_like(mu)])
     prev2 = torch.cat([prev, prev])
-    midpoint = torch.as_tensor(midpoint, device=mu.device).expand(B)[:, None, None]  # (B, 1, 1)
-    any_midpoint = bool(midpoint.any())  # read once, like the step count: no host sync inside the loop
+    midpoint = midpoint.to(mu.device).expand(B)[:, None, None]  # (B, 1, 1)
     n = steps.clamp(min=1).to(noise.dtype)  # (B,) each row's step count, for its own time grid
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # guided velocity at each row's time t (B,)
@@ -82,7 +85,7 @@ def integrate_flow(
         return v_u + w * (v_c - v_u)
 
     x = noise
-    for i in range(int(steps.max())):
+    for i in range(max_steps):
         active = (i < steps).to(x.dtype)  # (B,)
         t = 1.0 - i / n
         dt = active / n

@@ -52,14 +52,15 @@ class RefineBatch:
     mu: torch.Tensor  # (B, Hd) plans
     prev: torch.Tensor  # (B, P, D) previous patches
     noise: torch.Tensor  # (B, P, D)
-    steps: torch.Tensor  # (B,) solver steps per row
+    steps: torch.Tensor  # (B,) solver steps per row, on the host (below)
     guidance: torch.Tensor  # (B,) CFG scale per row
-    midpoint: torch.Tensor  # (B,) bool: the row's solver is midpoint (else Euler)
+    midpoint: torch.Tensor  # (B,) bool: the row's solver is midpoint (else Euler), on the host
 
     TENSORS = ("mu", "prev", "noise", "steps", "guidance", "midpoint")
+    HOST = ("steps", "midpoint")  # the sampler's loop bounds: read on the host, never waiting for the device
 
     def to(self, device: torch.device | str) -> RefineBatch:
-        return RefineBatch(self.rows, *(getattr(self, k).to(device) for k in self.TENSORS))
+        return RefineBatch(self.rows, *(getattr(self, k).to("cpu" if k in self.HOST else device) for k in self.TENSORS))
 
     @classmethod
     def concat(cls, batches: list[RefineBatch]) -> RefineBatch:
@@ -253,9 +254,9 @@ class Engine:
             mu=mu,
             prev=prev,
             noise=noise.to(self.device),
-            steps=torch.tensor([s.request.params.steps for s in states], device=self.device),
+            steps=torch.tensor([s.request.params.steps for s in states]),
             guidance=torch.tensor([s.request.params.guidance for s in states], device=self.device),
-            midpoint=torch.tensor([s.request.params.solver == "midpoint" for s in states], device=self.device),
+            midpoint=torch.tensor([s.request.params.solver == "midpoint" for s in states]),
         )
 
     def refine(self, batch: RefineBatch) -> torch.Tensor:
@@ -267,8 +268,8 @@ class Engine:
         the next window for rows that reach a window's end, release finished rows."""
         patches = patches.to(self.device)
         outputs, continuing, reopening, finished = self.drain_failures(), [], [], []
-        for row, patch in zip(batch.rows, patches, strict=True):
-            state = self.scheduler.record(row, patch.cpu())
+        for row, patch in zip(batch.rows, patches.cpu(), strict=True):  # the step's one read-back
+            state = self.scheduler.record(row, patch)
             outputs.append(PatchOutput(state.request.request_id, state.produced - 1, state.recent[-1], state.finished))
             if state.finished:
                 finished.append(row)
