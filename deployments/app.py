@@ -26,7 +26,7 @@ def build_app(cfg: ServeConfig) -> Application:
     opts, limits = cfg.deployments, cfg.limits
     if cfg.mode == "fused":
         fused = Fused.options(**opts.fused.serve_options()).bind(
-            cfg.checkpoint, cfg.device, cfg.planner_capacity, limits.max_video_s, cfg.planner_stall_s
+            cfg.checkpoint, cfg.device, cfg.planner_capacity, limits.max_video_s, cfg.planner_stall_s, cfg.compiled
         )
         return Ingress.options(**opts.ingress.serve_options()).bind(cfg.model_dump(), fused, fused)
     encoder = None
@@ -35,7 +35,7 @@ def build_app(cfg: ServeConfig) -> Application:
             cfg.checkpoint, cfg.device, cfg.encoder_batch, cfg.batch_wait_s
         )
     refiner = Refiner.options(**opts.refiner.serve_options()).bind(
-        cfg.checkpoint, cfg.device, cfg.refiner_batch, cfg.batch_wait_s
+        cfg.checkpoint, cfg.device, cfg.refiner_batch, cfg.batch_wait_s, cfg.compiled
     )
     planner = Planner.options(**opts.planner.serve_options()).bind(
         cfg.checkpoint,

@@ -88,6 +88,7 @@ class ServeConfig(BaseModel):
     batch_wait_s: float = Field(default=0.005, ge=0)
     refine_retry_s: float = Field(default=30.0, gt=0)  # how long a planner retries a lost Refiner or FrameEncoder
     planner_stall_s: float = Field(default=120.0, gt=0)  # a patch step running longer fails the health check
+    compiled: bool = False  # LocDiT through torch.compile per batch bucket (model/engine/refine.py): slow first steps
     allowed_uri_prefixes: list[str] = Field(default_factory=list)  # where JSON `video_uri`s may point
     auth_token: str | None = None  # bearer token; also read from $VIDEOROBIN_API_TOKEN
     require_token: bool = False  # refuse to start without a token, so the API can never be open by mistake

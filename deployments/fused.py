@@ -32,9 +32,10 @@ class Fused:
         capacity: int = 8,
         max_duration_s: float = DEFAULT_MAX_DURATION_S,
         stall_s: float = 120.0,
+        compiled: bool = False,
     ):
         device = pick_device(device)
-        self.engine = Engine(load_bundle(checkpoint, device), device, capacity, max_duration_s)
+        self.engine = Engine(load_bundle(checkpoint, device), device, capacity, max_duration_s, compiled)
         self.loop = PatchLoop(self.engine, self._refine, stall_s=stall_s)
 
     async def _refine(self, batch: RefineBatch) -> torch.Tensor:

@@ -11,14 +11,21 @@ from deployments.devices import pick_device
 from deployments.metrics import serving_metrics
 from model.checkpoint import load_bundle
 from model.engine import RefineBatch
-from model.engine.engine import refine_batch
+from model.engine.refine import BatchRefiner
 
 
 @serve.deployment
 class Refiner:
-    def __init__(self, checkpoint: str, device: str | None = None, max_batch: int = 16, wait_s: float = 0.005):
+    def __init__(
+        self,
+        checkpoint: str,
+        device: str | None = None,
+        max_batch: int = 16,
+        wait_s: float = 0.005,
+        compiled: bool = False,
+    ):
         self.device = pick_device(device)
-        self.model = load_bundle(checkpoint, self.device).model.eval()
+        self.refiner = BatchRefiner(load_bundle(checkpoint, self.device).model.eval(), self.device, compiled)
         self.refine.set_max_batch_size(max_batch)
         self.refine.set_batch_wait_timeout_s(wait_s)
         self.metrics = serving_metrics()
@@ -31,7 +38,7 @@ class Refiner:
         return list(patches.split([len(b.rows) for b in batches]))
 
     def _refine(self, batches: list[RefineBatch]) -> torch.Tensor:
-        return refine_batch(self.model, RefineBatch.concat(batches).to(self.device)).cpu()
+        return self.refiner(RefineBatch.concat(batches).to(self.device)).cpu()
 
     async def ready(self) -> bool:
         return True

@@ -24,13 +24,14 @@ from model.engine.prepare import (
     samples_per_patch,
     tokenize_prompt,
 )
+from model.engine.refine import BatchRefiner
 from model.engine.request import AudioPrompt, GenerationParams, GenerationRequest, RequestInfo
-from model.engine.runner import Runner, patch_noise, refine_patches
+from model.engine.runner import Runner, patch_noise
 from model.engine.scheduler import RowState, Scheduler
 from model.engine.windows import FrameSource, VideoFrames, frames_per_window, window_frames, windows_of
 from model.errors import InputError, MediaError
 from model.vae import AudioAutoencoder, decode_window_array
-from model.videorobin import Conditions, VideoRobin
+from model.videorobin import Conditions
 
 Progress = Callable[[int, int], None]  # (patches done, patches total)
 
@@ -69,12 +70,6 @@ class RefineBatch:
         return cls(rows, *(torch.cat([getattr(b, k).cpu() for b in batches]) for k in cls.TENSORS))
 
 
-@torch.no_grad()
-def refine_batch(model: VideoRobin, batch: RefineBatch) -> torch.Tensor:
-    """One LocDiT trajectory per row of `batch`: (B, P, D) patches."""
-    return refine_patches(model, batch.mu, batch.prev, batch.noise, batch.steps, batch.guidance, batch.midpoint)
-
-
 @dataclass
 class GenerationResult:
     request_id: str
@@ -98,7 +93,9 @@ class Engine:
         device: torch.device | str = "cpu",
         max_batch: int = 8,
         max_duration_s: float = DEFAULT_MAX_DURATION_S,
+        compiled: bool = False,
     ) -> None:
+        """`compiled`: LocDiT through torch.compile, one graph per batch bucket (model/engine/refine.py)."""
         self.bundle = bundle.to(device)
         self.cfg = cfg = bundle.config
         self.device = torch.device(device)
@@ -111,6 +108,7 @@ class Engine:
         max_len = cfg.text.max_tokens + frames + 1 + cfg.window_patches
         self.scheduler = Scheduler(max_batch, self.plan_windows, cfg.context_patches)
         self.runner = Runner(bundle.model.eval(), max_batch, max_len, self.device)
+        self.refiner = BatchRefiner(bundle.model, self.device, compiled)
         self.failures: list[PatchOutput] = []  # rows stopped between steps, reported with the next outputs
         # (F, S, S, 3) uint8 frames -> (F, feature_dim) CLIP features; a server may send them elsewhere
         self.encode_frames: Callable[[np.ndarray], torch.Tensor] = self._encode
@@ -261,7 +259,7 @@ class Engine:
 
     def refine(self, batch: RefineBatch) -> torch.Tensor:
         """The in-process refiner: (B, P, D) patches. A serving Planner sends `batch` to a Refiner instead."""
-        return refine_batch(self.bundle.model, batch)
+        return self.refiner(batch)
 
     def end_step(self, batch: RefineBatch, patches: torch.Tensor) -> list[PatchOutput]:
         """Record each row's refined patch; plan the next one for rows that continue in their window, prefill

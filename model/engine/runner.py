@@ -1,7 +1,8 @@
 """Tensors of the patch loop: batched prefill, the AR planning step, and the LocDiT refinement.
 
-`plan_*` and `refine_patches` are the step-level API: a serving Planner holds a `Runner` (KV caches, the
-pending plan and previous patch of each row) and a stateless Refiner needs only `refine_patches`.
+`plan_*` are the step-level API of the plan side: a serving Planner holds a `Runner` (KV caches, the
+pending plan and previous patch of each row); a stateless Refiner needs only a `BatchRefiner`
+(model/engine/refine.py). `refine_patches` is the naive reference's refinement (model/engine/reference.py).
 """
 
 from __future__ import annotations
