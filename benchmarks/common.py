@@ -24,7 +24,8 @@ def describe_device(device: torch.device | str | None = None) -> str:
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{os.cpu_count()}-core {platform.machine()} CPU ({torch.get_num_threads()} torch threads), no GPU"
+    isa = torch.backends.cpu.get_cpu_capability()  # e.g. AVX2, AVX512, AMX: the same "2-core CPU" differs by host
+    return f"{os.cpu_count()}-core {platform.machine()} CPU ({isa}, {torch.get_num_threads()} torch threads), no GPU"
 
 
 def sync(device: torch.device | str) -> None:

@@ -134,9 +134,9 @@ def test_a_rerun_writes_nothing_and_gives_the_same_manifests(dataset):
 
 @pytest.mark.ray  # make-dataset starts a local Ray
 def test_a_piece_past_the_task_timeout_is_cancelled_and_recorded(tmp_path):
-    result = make_dataset(tmp_path, "--clips", "4", "--duration", "2", "--seed", "2", "--task-timeout", "0.5")
+    result = make_dataset(tmp_path, "--clips", "4", "--duration", "2", "--seed", "2", "--task-timeout", "0.05")
     assert result.returncode == 1 and "clips: 0" in result.stdout, result.stderr
-    assert read_jsonl(tmp_path / "skipped.jsonl") == [{"piece": ordered(2)[0].name, "reason": "timed out after 0.5 s"}]
+    assert read_jsonl(tmp_path / "skipped.jsonl") == [{"piece": ordered(2)[0].name, "reason": "timed out after 0.05 s"}]
 
 
 def test_a_deadline_that_fires_inside_the_score_parser_is_still_a_timeout(tmp_path):
