@@ -6,6 +6,7 @@ The benchmarks run as `python benchmarks/NAME.py`, which puts this folder first 
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -26,6 +27,18 @@ def describe_device(device: torch.device | str | None = None) -> str:
         return torch.cuda.get_device_name(device)
     isa = torch.backends.cpu.get_cpu_capability()  # e.g. AVX2, AVX512, AMX: the same "2-core CPU" differs by host
     return f"{os.cpu_count()}-core {platform.machine()} CPU ({isa}, {torch.get_num_threads()} torch threads), no GPU"
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser, repeats: int) -> None:
+    """The flags of a benchmark of one checkpoint: which, how many timed runs, threads, and its sampler."""
+    from model.checkpoint import default_checkpoint
+    from model.config import SOLVERS
+
+    parser.add_argument("--checkpoint", default=default_checkpoint())
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--steps", type=int, help="LocDiT solver steps (default: the model's)")
+    parser.add_argument("--solver", choices=SOLVERS, help="LocDiT solver (default: the model's)")
 
 
 def sync(device: torch.device | str) -> None:

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
 
 import torch
-from common import CLIP_S, describe_device, feature_request, sync
+from common import CLIP_S, add_checkpoint_args, describe_device, feature_request, sync
 
-from model.checkpoint import default_checkpoint, load_bundle
-from model.config import SOLVERS
+from model.checkpoint import load_bundle
 from model.engine import Engine
 
 PROMPT = "a bright piano piece in D major, 120 BPM"
@@ -37,12 +35,8 @@ def run_engine(engine: Engine, batch: int, seed: int, steps, solver) -> tuple[fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=default_checkpoint())
+    add_checkpoint_args(parser, repeats=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--steps", type=int, help="LocDiT solver steps (default: the model's)")
-    parser.add_argument("--solver", choices=SOLVERS, help="LocDiT solver (default: the model's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -13,10 +13,9 @@ import os
 import tempfile
 
 import torch
-from common import CLIP_S, describe_device, time_engine
+from common import CLIP_S, add_checkpoint_args, describe_device, time_engine
 
-from model.checkpoint import default_checkpoint, load_bundle
-from model.config import SOLVERS
+from model.checkpoint import load_bundle
 from model.engine import Engine, GenerationParams
 from model.media import write_beat_video
 
@@ -32,11 +31,7 @@ def time_batch(engine: Engine, video: str, batch: int, repeats: int, steps=None,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=default_checkpoint())
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--steps", type=int, help="LocDiT solver steps (default: the model's)")
-    parser.add_argument("--solver", choices=SOLVERS, help="LocDiT solver (default: the model's)")
+    add_checkpoint_args(parser, repeats=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_bundle(args.checkpoint)
