@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import torch
 
+from model.checkpoint import default_checkpoint
+from model.config import SOLVERS
 from model.engine import Engine, GenerationParams, GenerationRequest
 
 CLIP_S = 10.0
@@ -31,9 +33,6 @@ def describe_device(device: torch.device | str | None = None) -> str:
 
 def add_checkpoint_args(parser: argparse.ArgumentParser, repeats: int) -> None:
     """The flags of a benchmark of one checkpoint: which, how many timed runs, threads, and its sampler."""
-    from model.checkpoint import default_checkpoint
-    from model.config import SOLVERS
-
     parser.add_argument("--checkpoint", default=default_checkpoint())
     parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))

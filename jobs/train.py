@@ -120,7 +120,8 @@ def export(checkpoint_dir: str, cfg: TrainConfig, model_cfg: VideoRobinConfig) -
     state = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=DS_TAG)
     if cfg.stage == "distill":
         teacher = load_bundle(cfg.init_from)
-        teacher.model.locdit.load_state_dict({k[7:]: v for k, v in state.items() if k.startswith("locdit.")})
+        student = {k.removeprefix("locdit."): v for k, v in state.items() if k.startswith("locdit.")}
+        teacher.model.locdit.load_state_dict(student)
         bundle = Bundle(model_cfg, teacher.model, teacher.vae, teacher.tokenizer)
     else:
         model = VideoRobin(model_cfg)
