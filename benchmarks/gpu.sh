@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one go, for a lent H100/H200, in under 8 minutes: side by side with MusicGen
 # (benchmarks/peers.py: batch 1 and 8, 20 steps and a few-step setting), the paper preset at batch 64, the
-# compiled refine step against eager (benchmarks/compiled.py, CUDA graphs per bucket), the
-# server's time to first audio (benchmarks/serve.py) and training throughput with MFU (benchmarks/train.py).
+# compiled refine step against eager (benchmarks/compiled.py, CUDA graphs per bucket), the paper VAE's
+# decode in fp32 and bf16 (benchmarks/decode.py), the server's time to first audio (benchmarks/serve.py) and training throughput with MFU (benchmarks/train.py).
 # Each stage has a timeout; every stage's last JSON line (or why it has none) goes into one JSON file with
 # the device, and each stage's whole output into a log beside it.
 #
@@ -90,6 +90,8 @@ stage peers 300 python3 benchmarks/peers.py --samplers euler:20 "$FEW_STEP" --ba
 stage paper_batch64 150 python3 benchmarks/peers.py --only ours --samplers euler:20 "$FEW_STEP" --batches 64 --repeats 1
 # The compiled refine step (CUDA graphs per batch bucket) against eager, on the shipped model.
 stage compiled 90 python3 benchmarks/compiled.py --batches 1 64 --repeats 3
+# The paper VAE's decode, fp32 against bf16, eager (compiling each variant would not fit).
+stage decode 45 python3 benchmarks/decode.py --batches 1 16 --repeats 3 --no-compile
 
 if python3 -c 'import fastapi, httpx, multipart; from ray import serve; import av; av.__version__' 2>/dev/null; then
   stage serve 120 python3 benchmarks/serve.py --preset paper --clients 4 --seconds 20 --video-seconds 10
@@ -105,7 +107,7 @@ else
 fi
 
 # One JSON file: the device, then per stage its last JSON line, or its exit status and last lines.
-python3 - "$LOGS" "$STATUS" "$OUT_FILE" peers paper_batch64 compiled serve train <<'EOF'
+python3 - "$LOGS" "$STATUS" "$OUT_FILE" peers paper_batch64 compiled decode serve train <<'EOF'
 import json, os, sys
 
 import torch

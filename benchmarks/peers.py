@@ -8,10 +8,11 @@ through the T5-base encoder, 500 sampled tokens (50 Hz x 10 s) with classifier-f
 250 as in its released generation config, then the EnCodec 32 kHz decode. Both at each --batches size.
 Dtype: one policy for both. By default fp32, with TF32 matmuls on CUDA; --dtype bf16 runs both under
 torch.autocast(bfloat16), which the engine does not take yet (its KV caches are fp32 and refuse bf16 keys),
-so for now it serves `--only small medium`. One warm-up per configuration (a clip --warmup times as long as a
-timed one: 0.1 spares a CPU run half its time), then medians of --repeats runs. One JSON line per
-measurement; the last line is the summary, with vs_musicgen_small = musicgen_small_s / ours_s (and medium)
-per steps and batch: above 1, ours is faster.
+so for now it serves `--only small medium`. Our VAE decoder's dtype is --decode-dtype (float32 by default,
+as MusicGen's EnCodec runs under fp32; auto or bfloat16 to time ours with its bf16 decode). One warm-up per
+configuration (a clip --warmup times as long as a timed one: 0.1 spares a CPU run half its time), then
+medians of --repeats runs. One JSON line per measurement; the last line is the summary, with
+vs_musicgen_small = musicgen_small_s / ours_s (and medium) per steps and batch: above 1, ours is faster.
 
     python benchmarks/peers.py [--samplers euler:20 midpoint:4] [--batches 1 8] [--repeats N] [--only ours small medium]
     python benchmarks/peers.py --quick   # smoke test: shallow stand-ins, a short clip, few tokens
@@ -39,7 +40,7 @@ from transformers import (
 )
 
 from model.build import build_bundle
-from model.config import SOLVERS, load_config
+from model.config import DECODE_DTYPES, SOLVERS, load_config
 from model.engine import Engine
 
 PROMPT = "a bright piano piece in D major, 120 BPM"
@@ -167,7 +168,9 @@ def bench_ours(args, device: torch.device, autocast) -> dict[str, float]:
     flow = bundle.config.flow
     per_clip = {}
     for batch in args.batches:
-        engine = Engine(bundle, device=device, max_batch=batch, max_duration_s=args.duration)
+        engine = Engine(
+            bundle, device=device, max_batch=batch, max_duration_s=args.duration, decode_dtype=args.decode_dtype
+        )
         for solver, steps in args.samplers or [(flow.solver, flow.steps)]:
             request = partial(feature_request, engine, steps=steps, prompt=PROMPT, solver=solver)
             with autocast():
@@ -238,6 +241,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0,
                    help="warm-up clip length, a share of a timed one, both sides (e.g. 0.1 on a CPU)")  # fmt: skip
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="fp32 (TF32 on CUDA) or bf16 autocast")
+    p.add_argument("--decode-dtype", choices=DECODE_DTYPES, default="float32",
+                   help="our VAE decoder's (default float32, as MusicGen's EnCodec under fp32; auto: bf16 where "
+                   "the hardware has it)")  # fmt: skip
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, both sides")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help=f"smoke test: {QUICK} unless given")
@@ -267,6 +273,7 @@ def main() -> None:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "dtype": dtype,
+        "our_decode_dtype": args.decode_dtype,
         "threads": args.threads,
         "repeats": args.repeats,
         "warmup": args.warmup,

@@ -26,7 +26,13 @@ def build_app(cfg: ServeConfig) -> Application:
     opts, limits = cfg.deployments, cfg.limits
     if cfg.mode == "fused":
         fused = Fused.options(**opts.fused.serve_options()).bind(
-            cfg.checkpoint, cfg.device, cfg.planner_capacity, limits.max_video_s, cfg.planner_stall_s, cfg.compiled
+            cfg.checkpoint,
+            cfg.device,
+            cfg.planner_capacity,
+            limits.max_video_s,
+            cfg.planner_stall_s,
+            cfg.compiled,
+            cfg.decode_dtype,
         )
         return Ingress.options(**opts.ingress.serve_options()).bind(cfg.model_dump(), fused, fused)
     encoder = None
@@ -47,7 +53,9 @@ def build_app(cfg: ServeConfig) -> Application:
         cfg.refine_retry_s,
         cfg.planner_stall_s,
     )
-    decoder = AudioDecoder.options(**opts.decoder.serve_options()).bind(cfg.checkpoint, cfg.device)
+    decoder = AudioDecoder.options(**opts.decoder.serve_options()).bind(
+        cfg.checkpoint, cfg.device, cfg.decode_dtype, cfg.compiled
+    )
     return Ingress.options(**opts.ingress.serve_options()).bind(cfg.model_dump(), planner, decoder)
 
 

@@ -9,13 +9,16 @@ from ray import serve
 
 from deployments.devices import pick_device
 from model.checkpoint import load_vae_from_checkpoint
+from model.config import DecodeDtype
 from model.vae import DecodeWindow, decode_window_array
 
 
 @serve.deployment
 class AudioDecoder:
-    def __init__(self, checkpoint: str, device: str | None = None):
-        self.vae = load_vae_from_checkpoint(checkpoint, pick_device(device))
+    def __init__(
+        self, checkpoint: str, device: str | None = None, decode_dtype: DecodeDtype = "auto", compiled: bool = False
+    ):
+        self.vae = load_vae_from_checkpoint(checkpoint, pick_device(device), decode_dtype, compiled)
 
     async def decode(self, latents: np.ndarray, window: DecodeWindow) -> np.ndarray:
         """(D, hi - lo) latents of `window` -> (C, (end - start) * hop) float32 audio."""

@@ -16,6 +16,7 @@ from ray import serve
 from deployments.devices import pick_device
 from deployments.planner import PatchLoop, PlannerBroken, serve_spec
 from model.checkpoint import load_bundle
+from model.config import DecodeDtype
 from model.engine import Engine, RefineBatch
 from model.engine.prepare import DEFAULT_MAX_DURATION_S
 from model.engine.request import GenerationSpec
@@ -33,9 +34,10 @@ class Fused:
         max_duration_s: float = DEFAULT_MAX_DURATION_S,
         stall_s: float = 120.0,
         compiled: bool = False,
+        decode_dtype: DecodeDtype = "auto",
     ):
         device = pick_device(device)
-        self.engine = Engine(load_bundle(checkpoint, device), device, capacity, max_duration_s, compiled)
+        self.engine = Engine(load_bundle(checkpoint, device), device, capacity, max_duration_s, compiled, decode_dtype)
         self.loop = PatchLoop(self.engine, self._refine, stall_s=stall_s)
 
     async def _refine(self, batch: RefineBatch) -> torch.Tensor:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from pydantic import ValidationError
 
-from model.config import SOLVERS
+from model.config import DECODE_DTYPES, SOLVERS
 from model.errors import InputError
 from model.media import MediaError
 
@@ -224,6 +224,13 @@ def add_model_args(p: argparse.ArgumentParser, *, device: bool = True, seed: boo
     if seed:
         p.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed writes the same music")
     add_sampler_args(p)
+    p.add_argument(
+        "--decode-dtype",
+        choices=DECODE_DTYPES,
+        default="auto",
+        help="the VAE decoder's precision; auto: bfloat16 where the hardware computes it natively and it pays "
+        "(the Oobleck VAE), float32 elsewhere",
+    )
     p.add_argument("--max-duration", type=float, default=7200.0, help="longest clip accepted, seconds")
 
 

@@ -71,7 +71,11 @@ def _generate(args) -> dict:
         audio = read_audio(args.audio_prompt, vae.sample_rate, vae.audio_channels, max_s=args.max_duration)
         prompt_audio = AudioPrompt(audio, vae.sample_rate, args.from_s)
     engine = Engine(
-        bundle, device=device_name(args.device), max_batch=max(1, args.align_cuts), max_duration_s=args.max_duration
+        bundle,
+        device=device_name(args.device),
+        max_batch=max(1, args.align_cuts),
+        max_duration_s=args.max_duration,
+        decode_dtype=args.decode_dtype,
     )
     request = engine.make_request(video=args.video, prompt=args.prompt, params=params, audio_prompt=prompt_audio)
     lead = np.zeros((vae.audio_channels, 0), np.float32)

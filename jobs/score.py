@@ -38,7 +38,7 @@ from jobs.progress import track
 from jobs.ray_session import connect
 from jobs.score_tasks import error_text, probe, write_outputs
 from model.checkpoint import checkpoint_id, load_bundle, load_vae_from_checkpoint, read_config
-from model.config import Solver
+from model.config import DecodeDtype, Solver
 from model.engine import Engine, GenerationParams
 from model.engine.engine import decode_latents
 from model.io import glob_uris, is_temp_sibling, local_copy, uri_exists, uri_join
@@ -59,6 +59,7 @@ class ScoreConfig(BaseModel):
     steps: int | None = Field(default=None, ge=1)  # default: the model's
     guidance: float | None = Field(default=None, ge=0)
     solver: Solver | None = None  # default: the model's
+    decode_dtype: DecodeDtype = "auto"  # the VAE decoder's (model/vae.py)
     max_duration_s: float = Field(default=7200.0, gt=0)
     skip_failed: bool = False
     rows_per_block: int = Field(default=4, ge=1)  # resume granularity: a block is the unit Ray Data commits
@@ -187,9 +188,9 @@ class GenerateLatents:
 class DecodeAudio:
     """VAE decode (overlapping chunks) of each row's latents, trimmed to its duration."""
 
-    def __init__(self, checkpoint: str, gpus: float, dataset: str = "") -> None:
+    def __init__(self, checkpoint: str, gpus: float, dataset: str = "", decode_dtype: DecodeDtype = "auto") -> None:
         self.dataset = dataset
-        self.vae = load_vae_from_checkpoint(checkpoint, _device(gpus))
+        self.vae = load_vae_from_checkpoint(checkpoint, _device(gpus), decode_dtype)
 
     def __call__(self, batch: dict) -> dict:
         start = time.perf_counter()
@@ -294,6 +295,7 @@ def build_pipeline(cfg: ScoreConfig, rows: list[dict], model_id: str) -> ray.dat
         cfg.decode_gpus,
         cfg.actor_cpus,
         checkpoint=ckpt,
+        decode_dtype=cfg.decode_dtype,
         dataset=cfg.dataset_tag,
     )
     return ds.map(

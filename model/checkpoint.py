@@ -27,7 +27,7 @@ import torch
 from safetensors import safe_open
 
 from model.build import Bundle
-from model.config import VideoRobinConfig
+from model.config import DecodeDtype, VideoRobinConfig
 from model.errors import InputError
 from model.io import local_copy, read_bytes, uri_exists, uri_join, write_bytes_atomic
 from model.text import HFTokenizer, Tokenizer, load_tokenizer
@@ -151,11 +151,14 @@ def load_clip(uri: str, device: torch.device | str = "cpu") -> ClipEncoder:
     return encoder.to(device)
 
 
-def load_vae_from_checkpoint(uri: str, device: torch.device | str = "cpu") -> AudioAutoencoder:
-    """Only the audio VAE of a checkpoint (for decoding workers)."""
+def load_vae_from_checkpoint(
+    uri: str, device: torch.device | str = "cpu", decode_dtype: DecodeDtype = "auto", compiled: bool = False
+) -> AudioAutoencoder:
+    """Only the audio VAE of a checkpoint (for decoding workers), decoding as `set_decode` says (model/vae.py)."""
     vae = build_vae(read_config(uri).vae)
     vae.load_state_dict(read_safetensors(uri_join(uri, "vae.safetensors")), strict=True)
-    return vae.to(device)
+    vae.to(device).set_decode(decode_dtype, compiled)
+    return vae
 
 
 def set_latent_stats(model: VideoRobin, mean: torch.Tensor, std: torch.Tensor) -> None:

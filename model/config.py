@@ -282,6 +282,8 @@ VAEConfig = Annotated[
 
 Solver = Literal["euler", "midpoint"]
 SOLVERS: tuple[str, ...] = Solver.__args__
+DecodeDtype = Literal["auto", "float32", "bfloat16"]  # the VAE decoder's; "auto": bf16 where it pays (model/vae.py)
+DECODE_DTYPES: tuple[str, ...] = DecodeDtype.__args__
 
 
 class FlowConfig(_Strict):

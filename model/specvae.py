@@ -207,7 +207,11 @@ class SpectralDecoder(nn.Module):
 
 
 class SpectralVAE(AudioAutoencoder):
-    """encode: (B, C, S) -> (B, D, ceil(S / hop)) posterior mean; decode: (B, D, L) -> (B, C, L * hop)."""
+    """encode: (B, C, S) -> (B, D, ceil(S / hop)) posterior mean; decode: (B, D, L) -> (B, C, L * hop).
+
+    "auto" keeps its decoder in fp32 (`bf16_pays`): the network is a sixth of a decode, Griffin-Lim the rest,
+    and bf16 magnitudes send Griffin-Lim to other phases (measured: about 0 dB SNR against the fp32 decode).
+    """
 
     def __init__(self, cfg: SpectralVAEConfig) -> None:
         super().__init__(cfg)
@@ -302,5 +306,5 @@ class SpectralVAE(AudioAutoencoder):
         return self._istft(magnitude * angles)
 
     def decode_all(self, latents: torch.Tensor) -> torch.Tensor:
-        mono = self.griffin_lim(self.decoder(latents).float().exp())
+        mono = self.griffin_lim(self.run_decoder(latents).exp())
         return mono[:, None].expand(-1, self.cfg.audio_channels, -1)

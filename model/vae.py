@@ -11,11 +11,16 @@ a plain weight once instead of renormalising on every call.
 
 The decoder is not causal (symmetric padding), so long latents are decoded in windows that carry the
 decoder's receptive field as context on both sides; the result equals a one-shot decode.
+
+The decoder network may run in bf16 where the hardware computes it natively, and through torch.compile
+(`set_decode`): measured on a 2-core AVX-512-BF16 CPU, the `paper` preset's Oobleck decode runs 2.0x
+faster in bf16 than in fp32 (README, Fast generation). Encoding always stays fp32.
 """
 
 from __future__ import annotations
 
 import abc
+import copy
 import json
 import math
 from collections import deque
@@ -26,6 +31,7 @@ import torch
 from torch import nn
 
 from model.config import (
+    DECODE_DTYPES,
     OOBLECK_DILATIONS,
     OobleckDecoderConfig,
     OobleckEncoderConfig,
@@ -36,6 +42,18 @@ from model.config import (
 from model.errors import InputError
 from model.io import open_uri
 from model.weights import read_safetensors, read_torch_checkpoint
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether `device` has bf16 arithmetic in hardware (a CUDA GPU from Ampere on; a CPU with AVX-512-BF16 or
+    AMX). Elsewhere bf16 is emulated and slower than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":
+        return False
+    probes = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(probe is not None and probe() for probe in probes)
 
 
 class SnakeBeta(nn.Module):
@@ -145,6 +163,37 @@ class AudioAutoencoder(nn.Module, abc.ABC):
         super().__init__()
         self.cfg = cfg
         self.hop, self.sample_rate, self.context = cfg.hop, cfg.sample_rate, cfg.decode_context
+        self.decode_dtype, self.decode_compiled = torch.float32, False
+        self._runner: tuple[tuple, nn.Module] | None = None  # the decoder as decoding runs it, and for what
+
+    # whether "auto" decodes in bf16 on hardware that has it: only where it pays and the audio barely moves
+    bf16_pays = False
+
+    def set_decode(self, dtype: str = "auto", compiled: bool = False) -> torch.dtype:
+        """How `decode` runs the decoder network from now on: in DECODE_DTYPES `dtype` (its input cast to it,
+        its output back to fp32) and, when `compiled`, through torch.compile (one graph for every window
+        length). Returns the dtype chosen ("auto" resolved on the device the VAE is on)."""
+        if dtype not in DECODE_DTYPES:
+            raise InputError(f"decode dtype {dtype!r} is not one of {', '.join(DECODE_DTYPES)}")
+        if dtype == "auto":
+            native = self.bf16_pays and native_bf16(next(self.parameters()).device)
+            dtype = "bfloat16" if native else "float32"
+        self.decode_dtype, self.decode_compiled = getattr(torch, dtype), compiled
+        return self.decode_dtype
+
+    def run_decoder(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, D, L) latents -> the decoder network's fp32 output, run as `set_decode` asked. A cast copy is
+        kept outside the module tree, so `self.decoder` (what is saved, trained and loaded) stays fp32 and
+        switching dtypes back and forth loses nothing; it is made again if the VAE moves device."""
+        if self.decode_dtype == torch.float32 and not self.decode_compiled:
+            return self.decoder(latents)
+        key = (self.decode_dtype, self.decode_compiled, latents.device)
+        if self._runner is None or self._runner[0] != key:
+            runner = self.decoder
+            if self.decode_dtype != torch.float32:
+                runner = copy.deepcopy(self.decoder).to(latents.device, self.decode_dtype)
+            self._runner = (key, torch.compile(runner, dynamic=True) if self.decode_compiled else runner)
+        return self._runner[1](latents.to(self.decode_dtype)).float()
 
     def freeze(self) -> None:
         self.requires_grad_(False)
@@ -194,6 +243,9 @@ def fade_in_ramp(n: int, like: torch.Tensor) -> torch.Tensor:
 class OobleckVAE(AudioAutoencoder):
     """Frozen Oobleck VAE. encode: (B, C, S) audio -> (B, D, L) posterior mean; decode: the inverse."""
 
+    # its convolutions at 48 kHz are the whole decode: bf16 halves it, 0.7 % relative error (random weights)
+    bf16_pays = True
+
     def __init__(self, cfg: OobleckVAEConfig) -> None:
         super().__init__(cfg)
         if any(s % 2 for s in cfg.encoder.strides):
@@ -211,7 +263,7 @@ class OobleckVAE(AudioAutoencoder):
         return mean
 
     def decode_all(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.decoder(latents)
+        return self.run_decoder(latents)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from model.build import Bundle
+from model.config import DecodeDtype
+from model.engine.decoding import WindowDecoder
 from model.engine.prepare import (
     DEFAULT_MAX_DURATION_S,
     PROMPT_MARGIN_PATCHES,
@@ -94,9 +96,16 @@ class Engine:
         max_batch: int = 8,
         max_duration_s: float = DEFAULT_MAX_DURATION_S,
         compiled: bool = False,
+        decode_dtype: DecodeDtype = "auto",
+        overlap_decode: bool = True,
     ) -> None:
-        """`compiled`: LocDiT through torch.compile, one graph per batch bucket (model/engine/refine.py)."""
+        """`compiled`: LocDiT through torch.compile, one graph per batch bucket (model/engine/refine.py), and the
+        VAE decoder, one graph for every window length. `decode_dtype`: the VAE decoder's (model/vae.py:
+        "auto" is bf16 where the hardware has it and it pays). `overlap_decode`: `stream_audio` decodes on a
+        second thread while the patch loop goes on."""
         self.bundle = bundle.to(device)
+        self.overlap_decode = overlap_decode
+        bundle.vae.set_decode(decode_dtype, compiled)
         self.cfg = cfg = bundle.config
         self.device = torch.device(device)
         self.max_duration_s = max_duration_s
@@ -350,21 +359,28 @@ class Engine:
         on_patch: Callable[[PatchOutput], None] | None = None,
         patches: Iterator[PatchOutput] | None = None,
     ) -> Iterator[tuple[str, np.ndarray]]:
-        """(request id, (C, S) audio) as soon as each decode window of each request is complete: memory holds
-        a few windows per request whatever the length. Concatenated per request: `generate`'s audio.
-        `patches` replaces the engine's own stream of them (cut-aware generation, model/engine/align.py)."""
-        vae = self.bundle.vae
+        """(request id, (C, S) audio) as soon as each decode window of each request is decoded: memory holds
+        a few windows per request whatever the length. Concatenated per request: `generate`'s audio. With
+        the engine's `overlap_decode`, windows decode on a second thread while the loop goes on
+        (model/engine/decoding.py; the same audio in the same order). `patches` replaces the engine's own
+        stream of them (cut-aware generation, model/engine/align.py)."""
         decoders = {r.request_id: self.request_info(r).decoder(self.cfg) for r in requests}
-        for r in requests:
-            clip, ready = decoders[r.request_id]
-            for window, latents in ready:
-                yield r.request_id, clip.emit(window, decode_window_array(vae, latents, window))
-        for output in self.stream(requests, progress) if patches is None else patches:
-            if on_patch is not None:
-                on_patch(output)
-            clip, _ = decoders[output.request_id]
-            for window, latents in clip.add(self.to_latents(output.patch).numpy()):
-                yield output.request_id, clip.emit(window, decode_window_array(vae, latents, window))
+        queue = WindowDecoder(self.bundle.vae, self.overlap_decode)
+        try:
+            for r in requests:
+                clip, ready = decoders[r.request_id]
+                for window, latents in ready:
+                    queue.put(r.request_id, clip, window, latents)
+            for output in self.stream(requests, progress) if patches is None else patches:
+                if on_patch is not None:
+                    on_patch(output)
+                clip, _ = decoders[output.request_id]
+                for window, latents in clip.add(self.to_latents(output.patch).numpy()):
+                    queue.put(output.request_id, clip, window, latents)
+                yield from queue.finished()
+            yield from queue.finished(wait=True)
+        finally:
+            queue.close()
 
     def generate(self, requests: list[GenerationRequest], progress: Progress | None = None) -> list[GenerationResult]:
         """Generate and decode whole clips; results in the order of `requests`."""

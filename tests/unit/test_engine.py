@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -132,6 +133,20 @@ def test_stream_yields_patches_in_order_and_matches_generate(tiny_bundle):
     assert seen[-1] == (r.n_patches, r.n_patches)
     whole = engine.generate_latents([r])["s"]
     assert torch.equal(torch.cat([o.patch for o in streamed]), whole)
+
+
+def test_overlapped_decode_streams_the_same_audio_in_the_same_order(tiny_bundle):
+    def chunks(overlap: bool) -> list[tuple[str, np.ndarray]]:
+        engine = Engine(tiny_bundle, max_batch=2, decode_dtype="float32", overlap_decode=overlap)
+        requests = [
+            engine.make_request(params=GenerationParams(seed=s, duration_s=d, steps=2), request_id=f"r{s}")
+            for s, d in ((1, 11.0), (2, 3.0))  # three decode windows and one
+        ]
+        return list(engine.stream_audio(requests))
+
+    inline, overlapped = chunks(False), chunks(True)
+    assert [rid for rid, _ in overlapped] == [rid for rid, _ in inline] == ["r2", "r1", "r1", "r1"]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(inline, overlapped, strict=True))
 
 
 @pytest.mark.parametrize("duration, patches", [(0.04, 1), (0.16, 1), (0.17, 2), (10.0, 63), (2.0, 13)])
