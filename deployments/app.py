@@ -52,6 +52,7 @@ def build_app(cfg: ServeConfig) -> Application:
         limits.max_video_s,
         cfg.refine_retry_s,
         cfg.planner_stall_s,
+        cfg.decode_dtype,
     )
     decoder = AudioDecoder.options(**opts.decoder.serve_options()).bind(
         cfg.checkpoint, cfg.device, cfg.decode_dtype, cfg.compiled

@@ -24,6 +24,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from deployments.devices import pick_device
 from deployments.metrics import serving_metrics
 from model.checkpoint import load_bundle
+from model.config import DecodeDtype
 from model.engine import Engine, GenerationRequest, PatchOutput, RefineBatch
 from model.engine.align import stream_aligned
 from model.engine.prepare import DEFAULT_MAX_DURATION_S
@@ -255,9 +256,11 @@ class Planner:
         max_duration_s: float = DEFAULT_MAX_DURATION_S,
         retry_s: float = 30.0,
         stall_s: float = 120.0,
+        decode_dtype: DecodeDtype = "auto",  # `align_cuts` decodes candidates here to choose one: as the decoder does
     ):
         device = pick_device(device)
-        self.engine = Engine(load_bundle(checkpoint, device), device, capacity, max_duration_s)
+        bundle = load_bundle(checkpoint, device)
+        self.engine = Engine(bundle, device, capacity, max_duration_s, decode_dtype=decode_dtype)
         self.refiner, self.encoder, self.retry_s = refiner, encoder, retry_s
         if encoder is not None:  # each window's frames go to the batched FrameEncoder
             self.engine.encode_frames = self._encode_from_step

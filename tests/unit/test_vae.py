@@ -7,12 +7,8 @@ import torch
 from torch import nn
 
 from model.config import load_config
-from model.vae import (
-    OobleckVAE,
-    StreamingLatents,
-    load_vae_from_stable_audio,
-    vae_config_from_stable_audio,
-)
+from model.oobleck import OobleckVAE, load_vae_from_stable_audio, vae_config_from_stable_audio
+from model.vae import StreamingLatents
 
 # Key names of the stable-audio-tools Oobleck layout (models/autoencoders.py), which the loader must accept.
 LAYOUT_KEYS = [
