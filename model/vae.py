@@ -64,13 +64,15 @@ class AudioAutoencoder(nn.Module, abc.ABC):
     def set_decode(self, dtype: str = "auto", compiled: bool = False) -> torch.dtype:
         """How `decode` runs the decoder network from now on: in DECODE_DTYPES `dtype` (its input cast to it,
         its output back to fp32) and, when `compiled`, through torch.compile (one graph for every window
-        length). Returns the dtype chosen ("auto" resolved on the device the VAE is on)."""
+        length), with the decoder's weights as they are now (a cast copy made earlier is dropped, so weights
+        loaded since are used). Returns the dtype chosen ("auto" resolved on the device the VAE is on)."""
         if dtype not in DECODE_DTYPES:
             raise InputError(f"decode dtype {dtype!r} is not one of {', '.join(DECODE_DTYPES)}")
         if dtype == "auto":
             native = self.bf16_pays and native_bf16(next(self.parameters()).device)
             dtype = "bfloat16" if native else "float32"
         self.decode_dtype, self.decode_compiled = getattr(torch, dtype), compiled
+        self._runner = None
         return self.decode_dtype
 
     def run_decoder(self, latents: torch.Tensor) -> torch.Tensor:

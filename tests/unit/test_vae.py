@@ -284,6 +284,12 @@ def test_a_bf16_decoder_writes_the_fp32_audio_within_5_percent_and_auto_follows_
     assert torch.equal(vae.encode(audio), latents)  # the encoder stays fp32
     vae.set_decode("float32")
     assert torch.equal(vae.decode(latents), fp32)  # the fp32 weights were never rounded
+    state = {k: v * 1.01 if k.endswith("weight") else v for k, v in vae.state_dict().items()}
+    vae.load_state_dict(state)
+    changed = vae.decode(latents)
+    vae.set_decode("bfloat16")  # the cast copy is made again from the weights loaded since
+    assert float((vae.decode(latents) - changed).norm() / changed.norm()) < 0.05
+    assert float((vae.decode(latents) - bf16).norm() / bf16.norm()) > 0.01
     # the engine's streamed decode goes through the same decoder: a whole clip, bf16 against fp32
     engine = Engine(bundle, decode_dtype="float32")
     request = engine.make_request(prompt="a drone", params=GenerationParams(seed=3, duration_s=1.0))
