@@ -133,7 +133,8 @@ class Transformer(nn.Module):
         cos, sin = self.rotary(positions, x.dtype)
         mask = None
         if lengths is not None:
-            mask = (torch.arange(T, device=x.device)[None, :] < lengths[:, None])[:, None, None, :]  # (B,1,1,T)
+            valid = lengths.to(x.device, non_blocking=True)[:, None]
+            mask = (torch.arange(T, device=x.device)[None, :] < valid)[:, None, None, :]  # (B,1,1,T)
             if self.causal:
                 mask = mask & torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         for i, block in enumerate(self.layers):
@@ -142,8 +143,8 @@ class Transformer(nn.Module):
                 cache.write_prefix(i, rows, k, v)
             x = x + block.attn.attend(q, k, v, mask, self.causal)
             x = x + block.mlp(block.mlp_norm(x))
-        if cache is not None:
-            cache.set_lengths(rows, lengths if lengths is not None else torch.full((B,), T, device=x.device))
+        if cache is not None:  # a prefill passes its lengths on the host: nothing is read back here
+            cache.set_lengths(rows, lengths.cpu() if lengths is not None else torch.full((B,), T))
         return self.norm(x)
 
     def forward_step(self, x: torch.Tensor, cache: KVCache, rows: Rows) -> torch.Tensor:
@@ -154,10 +155,15 @@ class Transformer(nn.Module):
         Returns:
             (B, H) its normalised hidden state.
         """
-        pos = rows.take(cache.lengths)  # (B,) the slot each row writes
-        upto = int(pos.max()) + 1  # the step's one host sync: every layer reuses it
-        if upto > cache.max_len:
-            raise ValueError(f"a row would exceed the cache's max_len {cache.max_len}")
+        pos, upto = cache.slots(rows)  # on the host
+        h = self.step_at(x, cache, rows, pos.to(x.device, non_blocking=True), upto)
+        cache.advance(rows)
+        return h
+
+    def step_at(self, x: torch.Tensor, cache: KVCache, rows: Rows, pos: torch.Tensor, upto: int) -> torch.Tensor:
+        """`forward_step` at given slots `pos` (B,) on x's device, attending over the cache's first `upto`
+        positions; the cache's lengths are the caller's to advance. Reads nothing back, so it compiles
+        to one graph per shape (model/engine/runner.py: `upto` = max_len there)."""
         cos, sin = self.rotary(pos[:, None], x.dtype)
         mask = (torch.arange(upto, device=x.device)[None, :] <= pos[:, None])[:, None, None, :]  # (B,1,1,S)
         h = x[:, None]  # (B, 1, H)
@@ -167,5 +173,4 @@ class Transformer(nn.Module):
             keys, values = cache.read(i, rows, upto)
             h = h + block.attn.attend(q, keys, values, mask, causal=False)
             h = h + block.mlp(block.mlp_norm(h))
-        cache.advance(rows)
         return self.norm(h)[:, 0]

@@ -3,6 +3,10 @@
 The cache is a pool of rows preallocated once. A request occupies one row for its lifetime; rows join
 (prefill) and leave (free) between steps while the others keep their state, and each row writes at its
 own position, so clips of different lengths and prefix sizes advance together in one batch.
+
+Lengths are bookkept on the host: a step's positions and how far it attends are known without reading
+anything back from the device, so the patch loop queues its device work without waiting (README "Fast
+generation"). Index tensors go to the device with non-blocking copies for the same reason.
 """
 
 from __future__ import annotations
@@ -17,15 +21,18 @@ import torch
 class Rows:
     """The cache rows one call works on: an index tensor, plus a slice when they are consecutive."""
 
-    index: torch.Tensor  # (B,) long
+    index: torch.Tensor  # (B,) long, on the cache's device
     span: slice | None
+    host: torch.Tensor  # (B,) long, the same on the host
 
     @classmethod
-    def of(cls, rows: Sequence[int], device: torch.device | str = "cpu") -> Rows:
+    def of(cls, rows: Sequence[int], device: torch.device | str = "cpu", sliced: bool = True) -> Rows:
+        """`sliced=False`: always index, never slice (a compiled step sees one kind of Rows per shape)."""
         rows = list(rows)
-        consecutive = bool(rows) and rows == list(range(rows[0], rows[0] + len(rows)))
+        consecutive = sliced and bool(rows) and rows == list(range(rows[0], rows[0] + len(rows)))
         span = slice(rows[0], rows[0] + len(rows)) if consecutive else None
-        return cls(torch.tensor(rows, dtype=torch.long, device=device), span)
+        host = torch.tensor(rows, dtype=torch.long)
+        return cls(host.to(device, non_blocking=True), span, host)
 
     def __len__(self) -> int:
         return self.index.numel()
@@ -51,7 +58,7 @@ class KVCache:
         shape = (layers, capacity, kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.lengths = torch.zeros(capacity, dtype=torch.long, device=device)  # filled positions per row
+        self.lengths = torch.zeros(capacity, dtype=torch.long)  # filled positions per row, on the host
         self.max_len = max_len
 
     @property
@@ -71,15 +78,25 @@ class KVCache:
         self.k[layer, rows.index, :, pos] = k[:, :, 0]
         self.v[layer, rows.index, :, pos] = v[:, :, 0]
 
+    def slots(self, rows: Rows) -> tuple[torch.Tensor, int]:
+        """Where each row's next position goes (B,) on the host, and how many positions a step over `rows`
+        attends (one past the furthest slot)."""
+        pos = self.lengths[rows.host]
+        upto = int(pos.max()) + 1
+        if upto > self.max_len:
+            raise ValueError(f"a row would exceed the cache's max_len {self.max_len}")
+        return pos, upto
+
     def read(self, layer: int, rows: Rows, upto: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values (B, kv_heads, upto, hd) of `rows`; slots past a row's length are masked by callers."""
         return rows.take(self.k[layer])[:, :, :upto], rows.take(self.v[layer])[:, :, :upto]
 
     def set_lengths(self, rows: Rows, lengths: torch.Tensor) -> None:
-        self.lengths[rows.index] = lengths
+        """`lengths` (B,) on the host (a prefill's are known there before anything runs)."""
+        self.lengths[rows.host] = lengths
 
     def advance(self, rows: Rows) -> None:
-        self.lengths[rows.index] += 1
+        self.lengths[rows.host] += 1
 
     def free(self, rows: Rows) -> None:
-        self.lengths[rows.index] = 0
+        self.lengths[rows.host] = 0

@@ -73,11 +73,11 @@ def integrate_flow(
     # The loop's bounds, read before the tensors move: free for host tensors (the engine's), and never
     # inside the loop, so a step queues its device work without waiting.
     max_steps, any_midpoint = int(steps.max()), bool(midpoint.any())
-    steps = steps.to(mu.device).expand(B)
+    steps = steps.to(mu.device, non_blocking=True).expand(B)
     w = torch.as_tensor(guidance, device=mu.device, dtype=noise.dtype).expand(B)[:, None, None]
     mu2 = torch.cat([mu, torch.zeros_like(mu)])
     prev2 = torch.cat([prev, prev])
-    midpoint = midpoint.to(mu.device).expand(B)[:, None, None]  # (B, 1, 1)
+    midpoint = midpoint.to(mu.device, non_blocking=True).expand(B)[:, None, None]  # (B, 1, 1)
     n = steps.clamp(min=1).to(noise.dtype)  # (B,) each row's step count, for its own time grid
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # guided velocity at each row's time t (B,)

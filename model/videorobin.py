@@ -66,6 +66,16 @@ class PlanCaches:
     semantic_lm: KVCache
     rite: KVCache | None
 
+    def advance(self, rows: Rows) -> None:
+        for cache in (self.semantic_lm, self.rite):
+            if cache is not None:
+                cache.advance(rows)
+
+    def free(self, rows: Rows) -> None:
+        for cache in (self.semantic_lm, self.rite):
+            if cache is not None:
+                cache.free(rows)
+
 
 class VideoRobin(nn.Module):
     def __init__(self, cfg: VideoRobinConfig) -> None:
@@ -102,29 +112,29 @@ class VideoRobin(nn.Module):
         """Embed [text][frames][audio-start][context patches] per row, right-padded.
 
         Returns:
-            (B, Tp, H) embeddings, (B,) prefix lengths and (B,) position of audio-start: the audio positions
-            are audio-start and the context patches after it; the last position plans the next patch.
+            (B, Tp, H) embeddings; on the host, (B,) prefix lengths and (B,) positions of audio-start. The audio
+            positions are audio-start and the context patches after it; the last position plans the next patch.
         """
         rows, starts = [], []
         device = self.audio_start.device
         for i in range(len(cond)):
             ids, frames, context, offset = cond.row(i)
-            parts = [self.embed(ids.to(device))]
+            parts = [self.embed(ids.to(device, non_blocking=True))]
             if frames is not None:
                 if self.vision_proj is None:
                     raise ValueError("frame features were given but this model has no vision (stage 1)")
                 frame_s = offset + torch.arange(frames.shape[0], device=device) / self.cfg.vision.fps
-                parts.append(self.at_time(self.vision_proj(frames.to(self.audio_start)), frame_s))
+                parts.append(self.at_time(self.vision_proj(frames.to(self.audio_start, non_blocking=True)), frame_s))
             parts.append(self.at_time(self.audio_start, torch.zeros((), device=device))[None])
             starts.append(sum(p.shape[0] for p in parts) - 1)
             if context is not None and context.shape[0]:
-                emb = self.locenc(context.to(self.audio_start))  # (c, H): patch j plans patch j + 1
+                emb = self.locenc(context.to(self.audio_start, non_blocking=True))  # (c, H): patch j plans patch j + 1
                 parts.append(
                     self.at_time(emb, self.patch_start_s(torch.arange(1, context.shape[0] + 1, device=device)))
                 )
             rows.append(torch.cat(parts))
-        lengths = torch.tensor([r.shape[0] for r in rows], device=device)
-        return nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths, torch.tensor(starts, device=device)
+        lengths = torch.tensor([r.shape[0] for r in rows])
+        return nn.utils.rnn.pad_sequence(rows, batch_first=True), lengths, torch.tensor(starts)
 
     # ---- the AR-Head on whole sequences --------------------------------------------------------------
 
@@ -150,6 +160,7 @@ class VideoRobin(nn.Module):
         if cond.context is not None:
             raise ValueError("plan_sequence teacher-forces whole clips: context patches belong in `patches`")
         prefix, plen, _ = self.prefix(cond)
+        plen = plen.to(prefix.device)
         lengths = plen + n_patches - 1
         emb = self.locenc(patches[:, : N - 1]) if N > 1 else prefix.new_zeros(B, 0, prefix.shape[-1])  # (B,N-1,H)
         emb = self.at_time(emb, self.patch_start_s(torch.arange(1, N, device=emb.device)))  # plans patch j+1
@@ -192,22 +203,33 @@ class VideoRobin(nn.Module):
     def prefill(self, cond: Conditions, caches: PlanCaches, rows: Rows) -> torch.Tensor:
         """Run the prefixes of rows into their cache slots (a new request, or a new window of a running one).
         Returns (B, Hd): mu of the patch after each row's prefix."""
-        x, plen, audio_from = self.prefix(cond)
+        x, plen_host, audio_from = self.prefix(cond)
+        plen, audio_from = (t.to(x.device, non_blocking=True) for t in (plen_host, audio_from))
         pos = torch.arange(x.shape[1], device=x.device)
         audio = (pos[None] >= audio_from[:, None]) & (pos[None] < plen[:, None])  # audio-start + context
-        h = self.semantic_lm(x, plen, caches.semantic_lm, rows)
+        h = self.semantic_lm(x, plen_host, caches.semantic_lm, rows)
         q = self._quantize(h, audio)
-        r = self.rite(q + x * audio[..., None], plen, caches.rite, rows) if self.rite is not None else None
+        r = self.rite(q + x * audio[..., None], plen_host, caches.rite, rows) if self.rite is not None else None
         last = (plen - 1)[:, None]  # audio-start, or the last context patch
         return self._mu(_at(q, last)[:, 0], _at(r, last)[:, 0] if r is not None else None)
 
     def plan_step(self, patch: torch.Tensor, caches: PlanCaches, rows: Rows, index: torch.Tensor) -> torch.Tensor:
         """Feed each row's newest patch (B, P, D) back and return (B, Hd): mu of its next patch, whose number
         (0-based) is `index` (B,)."""
+        pos, upto = caches.semantic_lm.slots(rows)  # both stacks hold the same positions
+        mu = self.plan_at(patch, caches, rows, index, pos.to(patch.device, non_blocking=True), upto)
+        caches.advance(rows)
+        return mu
+
+    def plan_at(
+        self, patch: torch.Tensor, caches: PlanCaches, rows: Rows, index: torch.Tensor, pos: torch.Tensor, upto: int
+    ) -> torch.Tensor:
+        """`plan_step` writing at the cache slots `pos` (B,) and attending over `upto` positions, without
+        advancing the caches: the part of a step that runs on the device (and compiles, model/engine/runner.py)."""
         e = self.at_time(self.locenc(patch), self.patch_start_s(index))  # (B, H)
-        h = self.semantic_lm.forward_step(e, caches.semantic_lm, rows)
+        h = self.semantic_lm.step_at(e, caches.semantic_lm, rows, pos, upto)
         q = self.fsq(h) if self.fsq is not None else h
-        r = self.rite.forward_step(q + e, caches.rite, rows) if self.rite is not None else None
+        r = self.rite.step_at(q + e, caches.rite, rows, pos, upto) if self.rite is not None else None
         return self._mu(q, r)
 
     # ---- latents ------------------------------------------------------------------------------------

@@ -63,7 +63,11 @@ class RefineBatch:
     HOST = ("steps", "midpoint")  # the sampler's loop bounds: read on the host, never waiting for the device
 
     def to(self, device: torch.device | str) -> RefineBatch:
-        return RefineBatch(self.rows, *(getattr(self, k).to("cpu" if k in self.HOST else device) for k in self.TENSORS))
+        return RefineBatch(self.rows, *(self._moved(k, device) for k in self.TENSORS))
+
+    def _moved(self, key: str, device: torch.device | str) -> torch.Tensor:
+        t = getattr(self, key)
+        return t.cpu() if key in self.HOST else t.to(device, non_blocking=True)
 
     @classmethod
     def concat(cls, batches: list[RefineBatch]) -> RefineBatch:
@@ -99,10 +103,10 @@ class Engine:
         decode_dtype: DecodeDtype = "auto",
         overlap_decode: bool = True,
     ) -> None:
-        """`compiled`: LocDiT through torch.compile, one graph per batch bucket (model/engine/refine.py), and the
-        VAE decoder, one graph for every window length. `decode_dtype`: the VAE decoder's (model/vae.py:
-        "auto" is bf16 where the hardware has it and it pays). `overlap_decode`: `stream_audio` decodes on a
-        second thread while the patch loop goes on."""
+        """`compiled`: LocDiT and the planning step through torch.compile, one graph each per batch bucket
+        (model/engine/refine.py, runner.py), and the VAE decoder, one graph for every window length.
+        `decode_dtype`: the VAE decoder's (model/vae.py: "auto" is bf16 where the hardware has it and it pays).
+        `overlap_decode`: `stream_audio` decodes on a second thread while the patch loop goes on."""
         self.bundle = bundle.to(device)
         self.overlap_decode = overlap_decode
         bundle.vae.set_decode(decode_dtype, compiled)
@@ -116,7 +120,7 @@ class Engine:
                 raise InputError(f"a {cfg.window.window_s:g} s window holds {frames} frames > vision.max_frames")
         max_len = cfg.text.max_tokens + frames + 1 + cfg.window_patches
         self.scheduler = Scheduler(max_batch, self.plan_windows, cfg.context_patches)
-        self.runner = Runner(bundle.model.eval(), max_batch, max_len, self.device)
+        self.runner = Runner(bundle.model.eval(), max_batch, max_len, self.device, compiled)
         self.refiner = BatchRefiner(bundle.model, self.device, compiled)
         self.failures: list[PatchOutput] = []  # rows stopped between steps, reported with the next outputs
         # (F, S, S, 3) uint8 frames -> (F, feature_dim) CLIP features; a server may send them elsewhere
@@ -260,9 +264,9 @@ class Engine:
             rows=rows,
             mu=mu,
             prev=prev,
-            noise=noise.to(self.device),
+            noise=noise.to(self.device, non_blocking=True),
             steps=torch.tensor([s.request.params.steps for s in states]),
-            guidance=torch.tensor([s.request.params.guidance for s in states], device=self.device),
+            guidance=torch.tensor([s.request.params.guidance for s in states]).to(self.device, non_blocking=True),
             midpoint=torch.tensor([s.request.params.solver == "midpoint" for s in states]),
         )
 
@@ -273,9 +277,10 @@ class Engine:
     def end_step(self, batch: RefineBatch, patches: torch.Tensor) -> list[PatchOutput]:
         """Record each row's refined patch; plan the next one for rows that continue in their window, prefill
         the next window for rows that reach a window's end, release finished rows."""
-        patches = patches.to(self.device)
+        host = patches.cpu()  # the step's one read-back (none when a Refiner sent them)
+        patches = patches.to(self.device, non_blocking=True)
         outputs, continuing, reopening, finished = self.drain_failures(), [], [], []
-        for row, patch in zip(batch.rows, patches.cpu(), strict=True):  # the step's one read-back
+        for row, patch in zip(batch.rows, host, strict=True):
             state = self.scheduler.record(row, patch)
             outputs.append(PatchOutput(state.request.request_id, state.produced - 1, state.recent[-1], state.finished))
             if state.finished:
@@ -283,7 +288,8 @@ class Engine:
             else:
                 (reopening if state.opens_window else continuing).append(row)
         if continuing:
-            self.runner.plan_next(continuing, patches[[batch.rows.index(r) for r in continuing]])
+            at = torch.tensor([batch.rows.index(r) for r in continuing]).to(self.device, non_blocking=True)
+            self.runner.plan_next(continuing, patches[at])
         for row in finished:
             self.scheduler.release(row)
         if finished:

@@ -28,7 +28,7 @@ def bucket(rows: int) -> int:
     return next((b for b in BUCKETS if b >= rows), rows)
 
 
-def _pad(t: torch.Tensor, rows: int) -> torch.Tensor:
+def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     """t (B, ...) followed by zero rows up to `rows` (a zero-step row does not move)."""
     extra = rows - t.shape[0]
     return torch.cat([t, t.new_zeros((extra, *t.shape[1:]))]) if extra else t
@@ -48,5 +48,5 @@ class BatchRefiner:
     def __call__(self, batch: RefineBatch) -> torch.Tensor:
         rows = len(batch.rows)
         padded = bucket(rows) if self.compiled else rows
-        mu, prev, noise, steps, guidance, midpoint = (_pad(getattr(batch, k), padded) for k in batch.TENSORS)
+        mu, prev, noise, steps, guidance, midpoint = (pad_rows(getattr(batch, k), padded) for k in batch.TENSORS)
         return sample_flow(self.locdit, mu, prev, noise, steps, guidance, midpoint)[:rows]

@@ -3,6 +3,11 @@
 `plan_*` are the step-level API of the plan side: a serving Planner holds a `Runner` (KV caches, the
 pending plan and previous patch of each row); a stateless Refiner needs only a `BatchRefiner`
 (model/engine/refine.py). `refine_patches` is the naive reference's refinement (model/engine/reference.py).
+
+Compiled, the planning step (LocEnc, SemanticLM, FSQ, RITE over the KV caches) runs with static shapes like
+the refine step: the rows are padded to their batch bucket, padded rows write into a scratch cache row that
+no request owns, and every step attends over the caches' whole length (masked), so each bucket compiles
+once. On CUDA the caches are marked as static addresses and each bucket's step is captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from model.cache import Rows
+from model.engine.refine import bucket, pad_rows
 from model.flow import sample_flow
 from model.videorobin import Conditions, VideoRobin
 
@@ -34,13 +40,26 @@ def refine_patches(
 class Runner:
     """Per-row generation state on the device for up to `capacity` concurrent requests."""
 
-    def __init__(self, model: VideoRobin, capacity: int, max_len: int, device: torch.device | str) -> None:
+    def __init__(
+        self, model: VideoRobin, capacity: int, max_len: int, device: torch.device | str, compiled: bool = False
+    ) -> None:
         cfg = model.cfg
         self.model, self.device, self.max_len = model, torch.device(device), max_len
-        self.caches = model.new_caches(capacity, max_len, self.device)
+        self.scratch = capacity  # the cache row padded rows of a compiled step write to
+        self.caches = model.new_caches(capacity + 1, max_len, self.device)
         self.mu = torch.zeros(capacity, cfg.locdit.hidden, device=self.device)  # each row's pending plan
         self.prev = torch.zeros(capacity, cfg.patch_size, cfg.latent_dim, device=self.device)
         self.planned = torch.zeros(capacity, dtype=torch.long, device=self.device)  # number of the pending patch
+        self.compiled = compiled
+        self.plan_at = model.plan_at
+        if compiled:
+            cuda = self.device.type == "cuda"
+            for cache in (self.caches.semantic_lm, self.caches.rite):
+                if cache is not None and cuda:  # CUDA graphs then write into the caches in place
+                    torch._dynamo.mark_static_address(cache.k)
+                    torch._dynamo.mark_static_address(cache.v)
+            mode = "reduce-overhead" if cuda else None
+            self.plan_at = torch.compile(model.plan_at, dynamic=False, fullgraph=True, mode=mode)
 
     @torch.no_grad()
     def open_windows(self, rows: list[int], cond: Conditions, prev: torch.Tensor, planned: list[int]) -> None:
@@ -49,8 +68,8 @@ class Runner:
         patch's number within the window."""
         idx = Rows.of(rows, self.device)
         self.mu[idx.index] = self.model.prefill(cond, self.caches, idx)
-        self.prev[idx.index] = prev.to(self.device)
-        self.planned[idx.index] = torch.tensor(planned, device=self.device)
+        self.prev[idx.index] = prev.to(self.device, non_blocking=True)
+        self.planned[idx.index] = torch.tensor(planned).to(self.device, non_blocking=True)
 
     def pending(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows' pending plans (B, Hd) and previous patches (B, P, D): what refining them needs."""
@@ -62,11 +81,22 @@ class Runner:
         """Feed the rows' new patches (B, P, D) back through LocEnc, SemanticLM and RITE."""
         idx = Rows.of(rows, self.device)
         self.planned[idx.index] += 1
-        self.mu[idx.index] = self.model.plan_step(patches, self.caches, idx, idx.take(self.planned))
+        index = idx.take(self.planned)
+        if self.compiled:
+            self.mu[idx.index] = self._plan_padded(rows, idx, patches, index)
+        else:
+            self.mu[idx.index] = self.model.plan_step(patches, self.caches, idx, index)
         self.prev[idx.index] = patches
 
+    def _plan_padded(self, rows: list[int], idx: Rows, patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The compiled step over the rows' bucket: (B, Hd) plans of the real rows."""
+        n, padded = len(rows), bucket(len(rows))
+        pos, _ = self.caches.semantic_lm.slots(idx)  # on the host; checks the bound
+        scratch = Rows.of(rows + [self.scratch] * (padded - n), self.device, sliced=False)
+        pos = pad_rows(pos, padded).to(self.device, non_blocking=True)
+        mu = self.plan_at(pad_rows(patches, padded), self.caches, scratch, pad_rows(index, padded), pos, self.max_len)
+        self.caches.advance(idx)
+        return mu[:n]
+
     def free(self, rows: list[int]) -> None:
-        idx = Rows.of(rows, self.device)
-        self.caches.semantic_lm.free(idx)
-        if self.caches.rite is not None:
-            self.caches.rite.free(idx)
+        self.caches.free(Rows.of(rows, self.device))
