@@ -1,5 +1,6 @@
-"""Compiled vs eager refine step (model/engine/refine.py) on one model, in ONE run: seconds of latents per 10 s
-clip at each batch (the decode is the same code either way), the time the first batch of a bucket costs
+"""Compiled vs eager patch step (LocDiT, model/engine/refine.py, and the planning step, model/engine/runner.py) on
+one model, in ONE run: seconds of latents per 10 s clip at each batch (the decode is timed by
+benchmarks/decode.py), the time the first batch of a bucket costs
 (compiling included), and how far the compiled latents land from the eager ones for the same requests. A
 clip is a prompt and 10 s of random CLIP features, so no video decoding is timed. Prints JSON; the last
 line is the summary with the device.

@@ -3,6 +3,7 @@ and batch 8 (a catalogue), medians of --repeats runs after one warm-up. Prints J
 summary with the device.
 
     python benchmarks/default_model.py [--checkpoint DIR] [--repeats 3] [--threads 2] [--steps N] [--solver midpoint]
+        [--compiled]
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def time_batch(engine: Engine, video: str, batch: int, repeats: int, steps=None,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_checkpoint_args(parser, repeats=3)
+    parser.add_argument("--compiled", action="store_true", help="the compiled engine (warmed up per batch first)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     bundle = load_bundle(args.checkpoint)
@@ -40,7 +42,8 @@ def main() -> None:
         write_beat_video(video, CLIP_S, beat_s=0.5, beats_per_bar=4)
         rows = []
         for batch in (1, 8):
-            engine = Engine(bundle, device="cuda" if torch.cuda.is_available() else "cpu", max_batch=batch)
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            engine = Engine(bundle, device=device, max_batch=batch, compiled=args.compiled)
             rows.append(time_batch(engine, video, batch, args.repeats, args.steps, args.solver))
             print(json.dumps(rows[-1]))
     one, eight = rows
@@ -52,6 +55,7 @@ def main() -> None:
                 "clip_s": CLIP_S,
                 "steps": args.steps or bundle.config.flow.steps,
                 "solver": args.solver or bundle.config.flow.solver,
+                "compiled": args.compiled,
                 "batch1_total_s": one["total_s"],
                 "batch1_latents_s": one["latents_s"],
                 "batch1_decode_s": one["decode_s"],

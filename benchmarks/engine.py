@@ -8,7 +8,7 @@ Compares in ONE run, on whatever device is present (stated in the output):
   (c) paper preset: seconds for one 10 s clip at batch 1 (latents, then VAE decode).
 Prints one JSON object per measurement; the last line holds the summary.
 
-    python benchmarks/engine.py [--device cuda] [--repeats 3]
+    python benchmarks/engine.py [--device cuda] [--repeats 3] [--parts batch paper] [--compiled]
 """
 
 from __future__ import annotations
@@ -94,11 +94,13 @@ def bench_paper(device: torch.device, repeats: int) -> dict:
     }
 
 
-def bench_batch(device: torch.device, repeats: int, clips: int = 8) -> dict:
+def bench_batch(device: torch.device, repeats: int, compiled: bool, clips: int = 8) -> dict:
     bundle = build_bundle(load_config("tiny"))
-    one, many = Engine(bundle, device=device, max_batch=1), Engine(bundle, device=device, max_batch=clips)
+    one = Engine(bundle, device=device, max_batch=1, compiled=compiled)
+    many = Engine(bundle, device=device, max_batch=clips, compiled=compiled)
     requests = [feature_request(many, seed=s) for s in range(clips)]
-    many.generate_latents(requests[:2])  # burn-in
+    one.generate_latents(requests[:1])  # burn-in (and each batch size's compiling)
+    many.generate_latents(requests)
 
     def sequential():
         for r in requests:
@@ -110,6 +112,7 @@ def bench_batch(device: torch.device, repeats: int, clips: int = 8) -> dict:
         {
             "measure": "tiny_throughput",
             "clips": clips,
+            "compiled": compiled,
             "batch1_clips_per_s": clips / t1,
             f"batch{clips}_clips_per_s": clips / t8,
             "batch_speedup": t1 / t8,
@@ -122,12 +125,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--parts", nargs="+", choices=["batch", "paper"], default=["batch", "paper"])
+    parser.add_argument("--compiled", action="store_true", help="the batch part with the compiled engine")
     args = parser.parse_args()
     device = torch.device(args.device)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     summary = {"device": describe_device(device), "commit": commit, "torch": torch.__version__}
-    summary |= bench_batch(device, args.repeats)
-    summary |= bench_paper(device, args.repeats)
+    if "batch" in args.parts:
+        summary |= bench_batch(device, args.repeats, args.compiled)
+    if "paper" in args.parts:
+        summary |= bench_paper(device, args.repeats)
     print(json.dumps(summary))
 
 

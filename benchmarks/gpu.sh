@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one go, for a lent H100/H200, in under 8 minutes: side by side with MusicGen
 # (benchmarks/peers.py: batch 1 and 8, 20 steps and a few-step setting), the paper preset at batch 64, the
-# compiled refine step against eager (benchmarks/compiled.py, CUDA graphs per bucket), the paper VAE's
+# compiled patch step against eager (benchmarks/compiled.py, CUDA graphs per bucket), the paper VAE's
 # decode in fp32 and bf16 (benchmarks/decode.py), the server's time to first audio (benchmarks/serve.py) and training throughput with MFU (benchmarks/train.py).
 # Each stage has a timeout; every stage's last JSON line (or why it has none) goes into one JSON file with
 # the device, and each stage's whole output into a log beside it.
@@ -88,7 +88,8 @@ stage() {
 stage peers 300 python3 benchmarks/peers.py --samplers euler:20 "$FEW_STEP" --batches 1 8 --repeats "$REPEATS"
 # Batch 1 is in the peers stage; batch 64 once per setting after its warm-up.
 stage paper_batch64 150 python3 benchmarks/peers.py --only ours --samplers euler:20 "$FEW_STEP" --batches 64 --repeats 1
-# The compiled refine step (CUDA graphs per batch bucket) against eager, on the shipped model.
+# The compiled patch step (LocDiT and the planning step, CUDA graphs per batch bucket) against eager, on the
+# shipped model.
 stage compiled 90 python3 benchmarks/compiled.py --batches 1 64 --repeats 3
 # The paper VAE's decode, fp32 against bf16, eager (compiling each variant would not fit).
 stage decode 45 python3 benchmarks/decode.py --batches 1 16 --repeats 3 --no-compile
