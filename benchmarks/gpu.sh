@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one go, for a lent H100/H200, in under 8 minutes: side by side with MusicGen
 # (benchmarks/peers.py: batch 1 and 8, 20 steps and a few-step setting), the paper preset at batch 64, the
-# compiled patch step against eager (benchmarks/compiled.py, CUDA graphs per bucket), the paper VAE's
+# compiled patch step and the bf16 loop against eager fp32 (benchmarks/compiled.py, CUDA graphs per bucket), the paper VAE's
 # decode in fp32 and bf16 (benchmarks/decode.py), the server's time to first audio (benchmarks/serve.py) and training throughput with MFU (benchmarks/train.py).
 # Each stage has a timeout; every stage's last JSON line (or why it has none) goes into one JSON file with
 # the device, and each stage's whole output into a log beside it.
@@ -91,6 +91,8 @@ stage paper_batch64 150 python3 benchmarks/peers.py --only ours --samplers euler
 # The compiled patch step (LocDiT and the planning step, CUDA graphs per batch bucket) against eager, on the
 # shipped model.
 stage compiled 90 python3 benchmarks/compiled.py --batches 1 64 --repeats 3
+# The patch loop in bf16 (weights, matmuls, KV caches) against fp32, eager.
+stage bf16 60 python3 benchmarks/compiled.py --variant bf16 --batches 1 64 --repeats 2
 # The paper VAE's decode, fp32 against bf16, eager (compiling each variant would not fit).
 stage decode 45 python3 benchmarks/decode.py --batches 1 16 --repeats 3 --no-compile
 
@@ -108,7 +110,7 @@ else
 fi
 
 # One JSON file: the device, then per stage its last JSON line, or its exit status and last lines.
-python3 - "$LOGS" "$STATUS" "$OUT_FILE" peers paper_batch64 compiled decode serve train <<'EOF'
+python3 - "$LOGS" "$STATUS" "$OUT_FILE" peers paper_batch64 compiled bf16 decode serve train <<'EOF'
 import json, os, sys
 
 import torch

@@ -33,6 +33,7 @@ def build_app(cfg: ServeConfig) -> Application:
             cfg.planner_stall_s,
             cfg.compiled,
             cfg.decode_dtype,
+            cfg.compute_dtype,
         )
         return Ingress.options(**opts.ingress.serve_options()).bind(cfg.model_dump(), fused, fused)
     encoder = None
@@ -41,7 +42,7 @@ def build_app(cfg: ServeConfig) -> Application:
             cfg.checkpoint, cfg.device, cfg.encoder_batch, cfg.batch_wait_s
         )
     refiner = Refiner.options(**opts.refiner.serve_options()).bind(
-        cfg.checkpoint, cfg.device, cfg.refiner_batch, cfg.batch_wait_s, cfg.compiled
+        cfg.checkpoint, cfg.device, cfg.refiner_batch, cfg.batch_wait_s, cfg.compiled, cfg.compute_dtype
     )
     planner = Planner.options(**opts.planner.serve_options()).bind(
         cfg.checkpoint,
@@ -53,6 +54,8 @@ def build_app(cfg: ServeConfig) -> Application:
         cfg.refine_retry_s,
         cfg.planner_stall_s,
         cfg.decode_dtype,
+        cfg.compiled,
+        cfg.compute_dtype,
     )
     decoder = AudioDecoder.options(**opts.decoder.serve_options()).bind(
         cfg.checkpoint, cfg.device, cfg.decode_dtype, cfg.compiled

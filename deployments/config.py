@@ -19,7 +19,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from model.config import DecodeDtype
+from model.config import ComputeDtype, DecodeDtype
 from model.errors import InputError
 
 TOKEN_ENV = "VIDEOROBIN_API_TOKEN"
@@ -89,8 +89,9 @@ class ServeConfig(BaseModel):
     batch_wait_s: float = Field(default=0.005, ge=0)
     refine_retry_s: float = Field(default=30.0, gt=0)  # how long a planner retries a lost Refiner or FrameEncoder
     planner_stall_s: float = Field(default=120.0, gt=0)  # a patch step running longer fails the health check
-    compiled: bool = False  # LocDiT per batch bucket (model/engine/refine.py) and the VAE decoder through torch.compile
+    compiled: bool = False  # LocDiT and the planning step per batch bucket and the VAE decoder through torch.compile
     decode_dtype: DecodeDtype = "auto"  # the VAE decoder's: bf16 where the hardware has it and it pays (model/vae.py)
+    compute_dtype: ComputeDtype = "float32"  # the patch loop's, planner and refiner alike (model/engine/precision.py)
     allowed_uri_prefixes: list[str] = Field(default_factory=list)  # where JSON `video_uri`s may point
     auth_token: str | None = None  # bearer token; also read from $VIDEOROBIN_API_TOKEN
     require_token: bool = False  # refuse to start without a token, so the API can never be open by mistake

@@ -16,7 +16,7 @@ from ray import serve
 from deployments.devices import pick_device
 from deployments.planner import PatchLoop, PlannerBroken, serve_spec
 from model.checkpoint import load_bundle
-from model.config import DecodeDtype
+from model.config import ComputeDtype, DecodeDtype
 from model.engine import Engine, RefineBatch
 from model.engine.prepare import DEFAULT_MAX_DURATION_S
 from model.engine.request import GenerationSpec
@@ -35,9 +35,13 @@ class Fused:
         stall_s: float = 120.0,
         compiled: bool = False,
         decode_dtype: DecodeDtype = "auto",
+        compute_dtype: ComputeDtype = "float32",
     ):
         device = pick_device(device)
-        self.engine = Engine(load_bundle(checkpoint, device), device, capacity, max_duration_s, compiled, decode_dtype)
+        bundle = load_bundle(checkpoint, device)
+        self.engine = Engine(
+            bundle, device, capacity, max_duration_s, compiled, decode_dtype, compute_dtype=compute_dtype
+        )
         self.loop = PatchLoop(self.engine, self._refine, stall_s=stall_s)
 
     async def _refine(self, batch: RefineBatch) -> torch.Tensor:

@@ -24,7 +24,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from deployments.devices import pick_device
 from deployments.metrics import serving_metrics
 from model.checkpoint import load_bundle
-from model.config import DecodeDtype
+from model.config import ComputeDtype, DecodeDtype
 from model.engine import Engine, GenerationRequest, PatchOutput, RefineBatch
 from model.engine.align import stream_aligned
 from model.engine.prepare import DEFAULT_MAX_DURATION_S
@@ -257,10 +257,14 @@ class Planner:
         retry_s: float = 30.0,
         stall_s: float = 120.0,
         decode_dtype: DecodeDtype = "auto",  # `align_cuts` decodes candidates here to choose one: as the decoder does
+        compiled: bool = False,  # the planning step per batch bucket (model/engine/runner.py)
+        compute_dtype: ComputeDtype = "float32",
     ):
         device = pick_device(device)
         bundle = load_bundle(checkpoint, device)
-        self.engine = Engine(bundle, device, capacity, max_duration_s, decode_dtype=decode_dtype)
+        self.engine = Engine(
+            bundle, device, capacity, max_duration_s, compiled, decode_dtype, compute_dtype=compute_dtype
+        )
         self.refiner, self.encoder, self.retry_s = refiner, encoder, retry_s
         if encoder is not None:  # each window's frames go to the batched FrameEncoder
             self.engine.encode_frames = self._encode_from_step

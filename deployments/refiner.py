@@ -10,7 +10,8 @@ from ray import serve
 from deployments.devices import pick_device
 from deployments.metrics import serving_metrics
 from model.checkpoint import load_bundle
-from model.engine import RefineBatch
+from model.config import ComputeDtype
+from model.engine import RefineBatch, precision
 from model.engine.refine import BatchRefiner
 
 
@@ -23,9 +24,12 @@ class Refiner:
         max_batch: int = 16,
         wait_s: float = 0.005,
         compiled: bool = False,
+        compute_dtype: ComputeDtype = "float32",
     ):
         self.device = pick_device(device)
-        self.refiner = BatchRefiner(load_bundle(checkpoint, self.device).model.eval(), self.device, compiled)
+        dtype = precision.compute_dtype(compute_dtype)
+        model = precision.loop_model(load_bundle(checkpoint, self.device).model.eval(), dtype)
+        self.refiner = BatchRefiner(model, self.device, compiled, dtype)
         self.refine.set_max_batch_size(max_batch)
         self.refine.set_batch_wait_timeout_s(wait_s)
         self.metrics = serving_metrics()

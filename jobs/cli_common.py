@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from pydantic import ValidationError
 
-from model.config import DECODE_DTYPES, SOLVERS
+from model.config import COMPUTE_DTYPES, DECODE_DTYPES, SOLVERS
 from model.errors import InputError
 from model.media import MediaError
 
@@ -230,6 +230,13 @@ def add_model_args(p: argparse.ArgumentParser, *, device: bool = True, seed: boo
         default="auto",
         help="the VAE decoder's precision; auto: bfloat16 where the hardware computes it natively and it pays "
         "(the Oobleck VAE), float32 elsewhere",
+    )
+    p.add_argument(
+        "--compute-dtype",
+        choices=COMPUTE_DTYPES,
+        default="float32",
+        help="the patch loop's precision; bfloat16: bf16 weights, matmuls and KV caches, fp32 ODE state (faster "
+        "on GPUs and on CPUs with bf16 instructions; the music is a different draw of the same conditions)",
     )
     p.add_argument("--max-duration", type=float, default=7200.0, help="longest clip accepted, seconds")
 

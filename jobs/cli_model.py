@@ -76,6 +76,7 @@ def _generate(args) -> dict:
         max_batch=max(1, args.align_cuts),
         max_duration_s=args.max_duration,
         decode_dtype=args.decode_dtype,
+        compute_dtype=args.compute_dtype,
     )
     request = engine.make_request(video=args.video, prompt=args.prompt, params=params, audio_prompt=prompt_audio)
     lead = np.zeros((vae.audio_channels, 0), np.float32)

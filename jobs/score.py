@@ -38,7 +38,7 @@ from jobs.progress import track
 from jobs.ray_session import connect
 from jobs.score_tasks import error_text, probe, write_outputs
 from model.checkpoint import checkpoint_id, load_bundle, load_vae_from_checkpoint, read_config
-from model.config import DecodeDtype, Solver
+from model.config import ComputeDtype, DecodeDtype, Solver
 from model.engine import Engine, GenerationParams
 from model.engine.engine import decode_latents
 from model.io import glob_uris, is_temp_sibling, local_copy, uri_exists, uri_join
@@ -60,6 +60,7 @@ class ScoreConfig(BaseModel):
     guidance: float | None = Field(default=None, ge=0)
     solver: Solver | None = None  # default: the model's
     decode_dtype: DecodeDtype = "auto"  # the VAE decoder's (model/vae.py)
+    compute_dtype: ComputeDtype = "float32"  # the patch loop's (model/engine/precision.py)
     max_duration_s: float = Field(default=7200.0, gt=0)
     skip_failed: bool = False
     rows_per_block: int = Field(default=4, ge=1)  # resume granularity: a block is the unit Ray Data commits
@@ -126,10 +127,15 @@ class GenerateLatents:
         solver: str | None,
         max_duration_s: float,
         dataset: str = "",
+        compute_dtype: ComputeDtype = "float32",
     ) -> None:
         self.dataset = dataset
         self.engine = Engine(
-            load_bundle(checkpoint), device=_device(gpus), max_batch=max_batch, max_duration_s=max_duration_s
+            load_bundle(checkpoint),
+            device=_device(gpus),
+            max_batch=max_batch,
+            max_duration_s=max_duration_s,
+            compute_dtype=compute_dtype,
         )
         self.steps, self.guidance, self.solver = steps, guidance, solver
 
@@ -286,6 +292,7 @@ def build_pipeline(cfg: ScoreConfig, rows: list[dict], model_id: str) -> ray.dat
         solver=cfg.solver,
         max_duration_s=cfg.max_duration_s,
         dataset=cfg.dataset_tag,
+        compute_dtype=cfg.compute_dtype,
     )
     ds = _actor_stage(
         ds,

@@ -43,7 +43,8 @@ class Rows:
 
 
 class KVCache:
-    """Keys and values of one transformer stack for `capacity` rows of up to `max_len` positions."""
+    """Keys and values of one transformer stack for `capacity` rows of up to `max_len` positions, stored in
+    `dtype` (the loop's compute dtype) whatever the dtype of what is written."""
 
     def __init__(
         self,
@@ -70,13 +71,13 @@ class KVCache:
         t = k.shape[2]
         if t > self.max_len:
             raise ValueError(f"prefix of {t} positions exceeds the cache's max_len {self.max_len}")
-        self.k[layer, rows.index, :, :t] = k
-        self.v[layer, rows.index, :, :t] = v
+        self.k[layer, rows.index, :, :t] = k.to(self.k.dtype)
+        self.v[layer, rows.index, :, :t] = v.to(self.v.dtype)
 
     def append(self, layer: int, rows: Rows, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store one new position (B, kv_heads, 1, hd) at each row's slot `pos` (B,); callers check the bound."""
-        self.k[layer, rows.index, :, pos] = k[:, :, 0]
-        self.v[layer, rows.index, :, pos] = v[:, :, 0]
+        self.k[layer, rows.index, :, pos] = k[:, :, 0].to(self.k.dtype)
+        self.v[layer, rows.index, :, pos] = v[:, :, 0].to(self.v.dtype)
 
     def slots(self, rows: Rows) -> tuple[torch.Tensor, int]:
         """Where each row's next position goes (B,) on the host, and how many positions a step over `rows`

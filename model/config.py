@@ -284,6 +284,8 @@ Solver = Literal["euler", "midpoint"]
 SOLVERS: tuple[str, ...] = Solver.__args__
 DecodeDtype = Literal["auto", "float32", "bfloat16"]  # the VAE decoder's; "auto": bf16 where it pays (model/vae.py)
 DECODE_DTYPES: tuple[str, ...] = DecodeDtype.__args__
+ComputeDtype = Literal["float32", "bfloat16"]  # the patch loop's weights, matmuls and KV caches
+COMPUTE_DTYPES: tuple[str, ...] = ComputeDtype.__args__
 
 
 class FlowConfig(_Strict):

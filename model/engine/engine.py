@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from model.build import Bundle
-from model.config import DecodeDtype
+from model.config import ComputeDtype, DecodeDtype
 from model.engine.decoding import WindowDecoder
+from model.engine.precision import compute_dtype as resolve_compute_dtype
+from model.engine.precision import loop_model
 from model.engine.prepare import (
     DEFAULT_MAX_DURATION_S,
     PROMPT_MARGIN_PATCHES,
@@ -102,11 +104,14 @@ class Engine:
         compiled: bool = False,
         decode_dtype: DecodeDtype = "auto",
         overlap_decode: bool = True,
+        compute_dtype: ComputeDtype = "float32",
     ) -> None:
         """`compiled`: LocDiT and the planning step through torch.compile, one graph each per batch bucket
         (model/engine/refine.py, runner.py), and the VAE decoder, one graph for every window length.
         `decode_dtype`: the VAE decoder's (model/vae.py: "auto" is bf16 where the hardware has it and it pays).
-        `overlap_decode`: `stream_audio` decodes on a second thread while the patch loop goes on."""
+        `overlap_decode`: `stream_audio` decodes on a second thread while the patch loop goes on.
+        `compute_dtype`: the patch loop's ("bfloat16": a bf16 copy of the model, bf16 KV caches, fp32 ODE state;
+        model/engine/precision.py)."""
         self.bundle = bundle.to(device)
         self.overlap_decode = overlap_decode
         bundle.vae.set_decode(decode_dtype, compiled)
@@ -120,8 +125,10 @@ class Engine:
                 raise InputError(f"a {cfg.window.window_s:g} s window holds {frames} frames > vision.max_frames")
         max_len = cfg.text.max_tokens + frames + 1 + cfg.window_patches
         self.scheduler = Scheduler(max_batch, self.plan_windows, cfg.context_patches)
-        self.runner = Runner(bundle.model.eval(), max_batch, max_len, self.device, compiled)
-        self.refiner = BatchRefiner(bundle.model, self.device, compiled)
+        dtype = resolve_compute_dtype(compute_dtype)
+        model = loop_model(bundle.model.eval(), dtype)
+        self.runner = Runner(model, max_batch, max_len, self.device, compiled, dtype)
+        self.refiner = BatchRefiner(model, self.device, compiled, dtype)
         self.failures: list[PatchOutput] = []  # rows stopped between steps, reported with the next outputs
         # (F, S, S, 3) uint8 frames -> (F, feature_dim) CLIP features; a server may send them elsewhere
         self.encode_frames: Callable[[np.ndarray], torch.Tensor] = self._encode

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from model.engine.precision import autocast
 from model.flow import sample_flow
 from model.videorobin import VideoRobin
 
@@ -37,8 +38,15 @@ def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
 class BatchRefiner:
     """A step's RefineBatch -> its (B, P, D) patches; compiled, equal to eager within float rounding."""
 
-    def __init__(self, model: VideoRobin, device: torch.device | str = "cpu", compiled: bool = False) -> None:
-        self.compiled = compiled
+    def __init__(
+        self,
+        model: VideoRobin,
+        device: torch.device | str = "cpu",
+        compiled: bool = False,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        """`model` in the loop's compute `dtype` (model/engine/precision.py); patches come back in fp32."""
+        self.compiled, self.device, self.dtype = compiled, torch.device(device), dtype
         self.locdit = model.locdit
         if compiled:
             mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
@@ -49,4 +57,6 @@ class BatchRefiner:
         rows = len(batch.rows)
         padded = bucket(rows) if self.compiled else rows
         mu, prev, noise, steps, guidance, midpoint = (pad_rows(getattr(batch, k), padded) for k in batch.TENSORS)
-        return sample_flow(self.locdit, mu, prev, noise, steps, guidance, midpoint)[:rows]
+        with autocast(self.device, self.dtype):
+            patches = sample_flow(self.locdit, mu, prev, noise, steps, guidance, midpoint)
+        return patches[:rows].float()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from model.cache import Rows
+from model.engine.precision import autocast
 from model.engine.refine import bucket, pad_rows
 from model.flow import sample_flow
 from model.videorobin import Conditions, VideoRobin
@@ -41,12 +42,19 @@ class Runner:
     """Per-row generation state on the device for up to `capacity` concurrent requests."""
 
     def __init__(
-        self, model: VideoRobin, capacity: int, max_len: int, device: torch.device | str, compiled: bool = False
+        self,
+        model: VideoRobin,
+        capacity: int,
+        max_len: int,
+        device: torch.device | str,
+        compiled: bool = False,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
+        """`model` in the loop's compute `dtype` (model/engine/precision.py); plans are kept in fp32."""
         cfg = model.cfg
-        self.model, self.device, self.max_len = model, torch.device(device), max_len
+        self.model, self.device, self.max_len, self.dtype = model, torch.device(device), max_len, dtype
         self.scratch = capacity  # the cache row padded rows of a compiled step write to
-        self.caches = model.new_caches(capacity + 1, max_len, self.device)
+        self.caches = model.new_caches(capacity + 1, max_len, self.device, dtype)
         self.mu = torch.zeros(capacity, cfg.locdit.hidden, device=self.device)  # each row's pending plan
         self.prev = torch.zeros(capacity, cfg.patch_size, cfg.latent_dim, device=self.device)
         self.planned = torch.zeros(capacity, dtype=torch.long, device=self.device)  # number of the pending patch
@@ -67,7 +75,8 @@ class Runner:
         it. `prev` (B, P, D) is each row's last context patch (zeros without one), `planned` the pending
         patch's number within the window."""
         idx = Rows.of(rows, self.device)
-        self.mu[idx.index] = self.model.prefill(cond, self.caches, idx)
+        with autocast(self.device, self.dtype):
+            self.mu[idx.index] = self.model.prefill(cond, self.caches, idx).float()
         self.prev[idx.index] = prev.to(self.device, non_blocking=True)
         self.planned[idx.index] = torch.tensor(planned).to(self.device, non_blocking=True)
 
@@ -82,10 +91,12 @@ class Runner:
         idx = Rows.of(rows, self.device)
         self.planned[idx.index] += 1
         index = idx.take(self.planned)
-        if self.compiled:
-            self.mu[idx.index] = self._plan_padded(rows, idx, patches, index)
-        else:
-            self.mu[idx.index] = self.model.plan_step(patches, self.caches, idx, index)
+        with autocast(self.device, self.dtype):
+            if self.compiled:
+                mu = self._plan_padded(rows, idx, patches, index)
+            else:
+                mu = self.model.plan_step(patches, self.caches, idx, index)
+        self.mu[idx.index] = mu.float()
         self.prev[idx.index] = patches
 
     def _plan_padded(self, rows: list[int], idx: Rows, patches: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
