@@ -29,6 +29,16 @@ def bucket(rows: int) -> int:
     return next((b for b in BUCKETS if b >= rows), rows)
 
 
+def compile_static(fn, device: torch.device):
+    """`fn` through torch.compile with static shapes, one graph per batch bucket (CUDA graphs on CUDA). Dynamo
+    allows 8 graphs per function by default, and one model's buckets alone can take 8; a process holding
+    several compiled engines (a server and its benchmark, a test session) would then fail (fullgraph), so the
+    limit covers every bucket of 8 models."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 8 * len(BUCKETS))
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    return torch.compile(fn, dynamic=False, fullgraph=True, mode=mode)
+
+
 def pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:
     """t (B, ...) followed by zero rows up to `rows` (a zero-step row does not move)."""
     extra = rows - t.shape[0]
@@ -49,8 +59,7 @@ class BatchRefiner:
         self.compiled, self.device, self.dtype = compiled, torch.device(device), dtype
         self.locdit = model.locdit
         if compiled:
-            mode = "reduce-overhead" if torch.device(device).type == "cuda" else None
-            self.locdit = torch.compile(model.locdit, dynamic=False, fullgraph=True, mode=mode)
+            self.locdit = compile_static(model.locdit, self.device)
 
     @torch.no_grad()
     def __call__(self, batch: RefineBatch) -> torch.Tensor:

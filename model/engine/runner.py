@@ -16,7 +16,7 @@ import torch
 
 from model.cache import Rows
 from model.engine.precision import autocast
-from model.engine.refine import bucket, pad_rows
+from model.engine.refine import bucket, compile_static, pad_rows
 from model.flow import sample_flow
 from model.videorobin import Conditions, VideoRobin
 
@@ -61,13 +61,11 @@ class Runner:
         self.compiled = compiled
         self.plan_at = model.plan_at
         if compiled:
-            cuda = self.device.type == "cuda"
             for cache in (self.caches.semantic_lm, self.caches.rite):
-                if cache is not None and cuda:  # CUDA graphs then write into the caches in place
+                if cache is not None and self.device.type == "cuda":  # CUDA graphs write into them in place
                     torch._dynamo.mark_static_address(cache.k)
                     torch._dynamo.mark_static_address(cache.v)
-            mode = "reduce-overhead" if cuda else None
-            self.plan_at = torch.compile(model.plan_at, dynamic=False, fullgraph=True, mode=mode)
+            self.plan_at = compile_static(model.plan_at, self.device)
 
     @torch.no_grad()
     def open_windows(self, rows: list[int], cond: Conditions, prev: torch.Tensor, planned: list[int]) -> None:
