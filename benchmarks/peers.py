@@ -6,9 +6,9 @@ nothing is downloaded. Ours: 50 random CLIP feature frames (a 10 s video at 5 fp
 engine's patch loop at each --samplers setting, then the VAE decode. MusicGen (transformers): a random 12-token prompt
 through the T5-base encoder, 500 sampled tokens (50 Hz x 10 s) with classifier-free guidance 3.0 and top-k
 250 as in its released generation config, then the EnCodec 32 kHz decode. Both at each --batches size.
-Dtype: one policy for both. By default fp32, with TF32 matmuls on CUDA; --dtype bf16 runs both under
-torch.autocast(bfloat16), which the engine does not take yet (its KV caches are fp32 and refuse bf16 keys),
-so for now it serves `--only small medium`. Our VAE decoder's dtype is --decode-dtype (float32 by default,
+Dtype: one policy for both. By default fp32, with TF32 matmuls on CUDA; --dtype bf16 gives both bf16 weights
+and runs them under torch.autocast(bfloat16): ours is the engine's bf16 loop (compute_dtype, bf16 KV caches,
+fp32 ODE state), MusicGen's whole model is cast. Our VAE decoder's dtype is --decode-dtype (float32 by default,
 as MusicGen's EnCodec runs under fp32; auto or bfloat16 to time ours with its bf16 decode). One warm-up per
 configuration (a clip --warmup times as long as a timed one: 0.1 spares a CPU run half its time), then
 medians of --repeats runs. One JSON line per measurement; the last line is the summary, with
@@ -169,7 +169,12 @@ def bench_ours(args, device: torch.device, autocast) -> dict[str, float]:
     per_clip = {}
     for batch in args.batches:
         engine = Engine(
-            bundle, device=device, max_batch=batch, max_duration_s=args.duration, decode_dtype=args.decode_dtype
+            bundle,
+            device=device,
+            max_batch=batch,
+            max_duration_s=args.duration,
+            decode_dtype=args.decode_dtype,
+            compute_dtype="bfloat16" if args.dtype == "bf16" else "float32",
         )
         for solver, steps in args.samplers or [(flow.solver, flow.steps)]:
             request = partial(feature_request, engine, steps=steps, prompt=PROMPT, solver=solver)
@@ -189,6 +194,8 @@ def bench_ours(args, device: torch.device, autocast) -> dict[str, float]:
 
 def bench_musicgen(size: str, args, device: torch.device, autocast) -> dict[str, float]:
     model = build_musicgen(size, device, args.musicgen_layers)
+    if args.dtype == "bf16":
+        model.to(torch.bfloat16)
     params = sum(p.numel() for p in model.parameters())
     per_clip = {}
     for batch in args.batches:
@@ -219,7 +226,7 @@ def precision(dtype: str, device: torch.device):
     """One policy for both models: its description, and a context to run them in."""
     if dtype == "bf16":
         autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16)
-        return "bf16 autocast over fp32 weights, both models", autocast
+        return "bf16 weights, bf16 autocast, both models (ours: an fp32 ODE state)", autocast
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 tensor cores: the usual fp32 setting on a GPU
         return "fp32 weights and activations, TF32 matmuls, both models", contextlib.nullcontext
@@ -240,7 +247,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--musicgen-layers", type=int, help="shallow MusicGen stand-ins (T5 and decoder): smoke tests")
     p.add_argument("--warmup", type=float, default=1.0,
                    help="warm-up clip length, a share of a timed one, both sides (e.g. 0.1 on a CPU)")  # fmt: skip
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="fp32 (TF32 on CUDA) or bf16 autocast")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="fp32 (TF32 on CUDA) or bf16 weights and autocast")  # fmt: skip
     p.add_argument("--decode-dtype", choices=DECODE_DTYPES, default="float32",
                    help="our VAE decoder's (default float32, as MusicGen's EnCodec under fp32; auto: bf16 where "
                    "the hardware has it)")  # fmt: skip
