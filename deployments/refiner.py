@@ -11,7 +11,8 @@ from deployments.devices import pick_device
 from deployments.metrics import serving_metrics
 from model.checkpoint import load_bundle
 from model.config import ComputeDtype
-from model.engine import RefineBatch, precision
+from model.engine import RefineBatch
+from model.engine.precision import loop_model
 from model.engine.refine import BatchRefiner
 
 
@@ -27,8 +28,7 @@ class Refiner:
         compute_dtype: ComputeDtype = "float32",
     ):
         self.device = pick_device(device)
-        dtype = precision.compute_dtype(compute_dtype)
-        model = precision.loop_model(load_bundle(checkpoint, self.device).model.eval(), dtype)
+        model, dtype = loop_model(load_bundle(checkpoint, self.device).model, compute_dtype)
         self.refiner = BatchRefiner(model, self.device, compiled, dtype)
         self.refine.set_max_batch_size(max_batch)
         self.refine.set_batch_wait_timeout_s(wait_s)

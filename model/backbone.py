@@ -147,23 +147,18 @@ class Transformer(nn.Module):
             cache.set_lengths(rows, lengths.cpu() if lengths is not None else torch.full((B,), T))
         return self.norm(x)
 
-    def forward_step(self, x: torch.Tensor, cache: KVCache, rows: Rows) -> torch.Tensor:
-        """Append one position per row and attend over that row's cached prefix.
+    def forward_step(self, x: torch.Tensor, cache: KVCache, rows: Rows, pos: torch.Tensor, upto: int) -> torch.Tensor:
+        """Write one new position per row at its slot and attend over that row's cached prefix.
 
         Args:
             x: (B, H) the new position's input embedding for each row in `rows`.
+            pos, upto: each row's slot (B,) on x's device and how many positions to attend, from
+                `cache.slots(rows)` (model/engine/runner.py's compiled step attends over max_len); the
+                cache's lengths are the caller's to advance. Nothing is read back, so it compiles to one
+                graph per shape.
         Returns:
             (B, H) its normalised hidden state.
         """
-        pos, upto = cache.slots(rows)  # on the host
-        h = self.step_at(x, cache, rows, pos.to(x.device, non_blocking=True), upto)
-        cache.advance(rows)
-        return h
-
-    def step_at(self, x: torch.Tensor, cache: KVCache, rows: Rows, pos: torch.Tensor, upto: int) -> torch.Tensor:
-        """`forward_step` at given slots `pos` (B,) on x's device, attending over the cache's first `upto`
-        positions; the cache's lengths are the caller's to advance. Reads nothing back, so it compiles
-        to one graph per shape (model/engine/runner.py: `upto` = max_len there)."""
         cos, sin = self.rotary(pos[:, None], x.dtype)
         mask = (torch.arange(upto, device=x.device)[None, :] <= pos[:, None])[:, None, None, :]  # (B,1,1,S)
         h = x[:, None]  # (B, 1, H)

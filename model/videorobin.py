@@ -227,9 +227,9 @@ class VideoRobin(nn.Module):
         """`plan_step` writing at the cache slots `pos` (B,) and attending over `upto` positions, without
         advancing the caches: the part of a step that runs on the device (and compiles, model/engine/runner.py)."""
         e = self.at_time(self.locenc(patch), self.patch_start_s(index))  # (B, H)
-        h = self.semantic_lm.step_at(e, caches.semantic_lm, rows, pos, upto)
+        h = self.semantic_lm.forward_step(e, caches.semantic_lm, rows, pos, upto)
         q = self.fsq(h) if self.fsq is not None else h
-        r = self.rite.step_at(q + e, caches.rite, rows, pos, upto) if self.rite is not None else None
+        r = self.rite.forward_step(q + e, caches.rite, rows, pos, upto) if self.rite is not None else None
         return self._mu(q, r)
 
     # ---- latents ------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import torch
 from model.build import Bundle
 from model.config import ComputeDtype, DecodeDtype
 from model.engine.decoding import WindowDecoder
-from model.engine.precision import compute_dtype as resolve_compute_dtype
 from model.engine.precision import loop_model
 from model.engine.prepare import (
     DEFAULT_MAX_DURATION_S,
@@ -125,8 +124,7 @@ class Engine:
                 raise InputError(f"a {cfg.window.window_s:g} s window holds {frames} frames > vision.max_frames")
         max_len = cfg.text.max_tokens + frames + 1 + cfg.window_patches
         self.scheduler = Scheduler(max_batch, self.plan_windows, cfg.context_patches)
-        dtype = resolve_compute_dtype(compute_dtype)
-        model = loop_model(bundle.model.eval(), dtype)
+        model, dtype = loop_model(bundle.model, compute_dtype)
         self.runner = Runner(model, max_batch, max_len, self.device, compiled, dtype)
         self.refiner = BatchRefiner(model, self.device, compiled, dtype)
         self.failures: list[PatchOutput] = []  # rows stopped between steps, reported with the next outputs

@@ -19,19 +19,18 @@ from model.errors import InputError
 from model.videorobin import VideoRobin
 
 
-def compute_dtype(name: str) -> torch.dtype:
-    if name not in COMPUTE_DTYPES:
-        raise InputError(f"compute dtype {name!r} is not one of {', '.join(COMPUTE_DTYPES)}")
-    return getattr(torch, name)
-
-
-def loop_model(model: VideoRobin, dtype: torch.dtype) -> VideoRobin:
-    """The model the patch loop runs: `model` itself in fp32, else a copy in `dtype` without the CLIP tower."""
+def loop_model(model: VideoRobin, compute_dtype: str) -> tuple[VideoRobin, torch.dtype]:
+    """The model the patch loop runs in COMPUTE_DTYPES `compute_dtype`, and that dtype: `model` itself in
+    fp32, else a copy in that dtype without the CLIP tower."""
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise InputError(f"compute dtype {compute_dtype!r} is not one of {', '.join(COMPUTE_DTYPES)}")
+    dtype = getattr(torch, compute_dtype)
+    model.eval()  # generation: the fp32 model serves the CLIP tower and latent statistics either way
     if dtype == torch.float32:
-        return model
+        return model, dtype
     clip, model.clip = model.clip, None
     try:
-        return copy.deepcopy(model).to(dtype).eval()
+        return copy.deepcopy(model).to(dtype).eval(), dtype
     finally:
         model.clip = clip
 

@@ -58,14 +58,13 @@ class Runner:
         self.mu = torch.zeros(capacity, cfg.locdit.hidden, device=self.device)  # each row's pending plan
         self.prev = torch.zeros(capacity, cfg.patch_size, cfg.latent_dim, device=self.device)
         self.planned = torch.zeros(capacity, dtype=torch.long, device=self.device)  # number of the pending patch
-        self.compiled = compiled
-        self.plan_at = model.plan_at
+        self.compiled_plan = None  # model.plan_at through torch.compile, when compiled
         if compiled:
             for cache in (self.caches.semantic_lm, self.caches.rite):
                 if cache is not None and self.device.type == "cuda":  # CUDA graphs write into them in place
                     torch._dynamo.mark_static_address(cache.k)
                     torch._dynamo.mark_static_address(cache.v)
-            self.plan_at = compile_static(model.plan_at, self.device)
+            self.compiled_plan = compile_static(model.plan_at, self.device)
 
     @torch.no_grad()
     def open_windows(self, rows: list[int], cond: Conditions, prev: torch.Tensor, planned: list[int]) -> None:
@@ -90,7 +89,7 @@ class Runner:
         self.planned[idx.index] += 1
         index = idx.take(self.planned)
         with autocast(self.device, self.dtype):
-            if self.compiled:
+            if self.compiled_plan is not None:
                 mu = self._plan_padded(rows, idx, patches, index)
             else:
                 mu = self.model.plan_step(patches, self.caches, idx, index)
@@ -103,7 +102,9 @@ class Runner:
         pos, _ = self.caches.semantic_lm.slots(idx)  # on the host; checks the bound
         scratch = Rows.of(rows + [self.scratch] * (padded - n), self.device, sliced=False)
         pos = pad_rows(pos, padded).to(self.device, non_blocking=True)
-        mu = self.plan_at(pad_rows(patches, padded), self.caches, scratch, pad_rows(index, padded), pos, self.max_len)
+        mu = self.compiled_plan(
+            pad_rows(patches, padded), self.caches, scratch, pad_rows(index, padded), pos, self.max_len
+        )
         self.caches.advance(idx)
         return mu[:n]
 

@@ -53,7 +53,9 @@ def test_cached_steps_equal_whole_sequence_for_rows_of_different_lengths(stack):
     stepped = [[], []]
     for i in range(4):
         x = torch.stack([seqs[0][5 + i], seqs[1][2 + i]])
-        h = stack.forward_step(x, cache, rows)
+        pos, upto = cache.slots(rows)
+        h = stack.forward_step(x, cache, rows, pos, upto)
+        cache.advance(rows)
         stepped[0].append(h[0])
         stepped[1].append(h[1])
     for r in range(2):
@@ -67,4 +69,4 @@ def test_cache_refuses_to_overflow(stack):
     rows = Rows.of([0])
     stack(torch.randn(1, 3, 64), cache=cache, rows=rows)
     with pytest.raises(ValueError, match="max_len"):
-        stack.forward_step(torch.randn(1, 64), cache, rows)
+        cache.slots(rows)  # where the next step would write: past max_len
